@@ -1,0 +1,32 @@
+"""switch_mtf: the Switch Transformer on Mesh TensorFlow."""
+import setuptools
+
+# The pinned stack (see README "Installation"): TensorFlow 2.15.1 is the last
+# release with tf.estimator, which the upstream TPU path needs.  These versions
+# are verified to install together; constraints.txt pins everything else.
+INSTALL_REQUIRES = [
+    "tensorflow==2.15.1",
+    "tensorflow-text==2.15.0",
+    "mesh-tensorflow==0.1.21",
+    "t5==0.9.4",
+    "seqio-nightly==0.0.18.dev20250227",
+    "tfds-nightly==4.9.2.dev202308090034",
+    "gin-config==0.5.0",
+    "sentencepiece==0.2.0",
+    "tensorflow-metadata==1.14.0",
+    "numpy<2",
+    "setuptools<82",
+    "jax[cpu]==0.4.30",
+]
+
+setuptools.setup(
+    name="switch_mtf",
+    version="0.1.0",
+    description="Switch Transformer (Fedus, Zoph & Shazeer 2021) on Mesh "
+                "TensorFlow",
+    packages=setuptools.find_packages(include=["switch_mtf", "switch_mtf.*"]),
+    python_requires=">=3.10,<3.12",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": ["pytest", "matplotlib"]},
+    entry_points={"console_scripts": ["switch-mtf=switch_mtf.cli:main"]},
+)

@@ -1,0 +1,71 @@
+"""Every workaround for old upstream code, in one place.
+
+Mesh TensorFlow 0.1.21 (the last release) was written for TensorFlow <= 2.12.
+switch_mtf pins TensorFlow 2.15.1 (the last release with tf.estimator, which the
+upstream TPU path needs), so a few things must be patched *before* the first
+``import mesh_tensorflow``.  ``apply()`` does that; ``import switch_mtf`` calls
+it, so users never have to.
+
+Patches:
+  1. ``tensorflow.python.framework.ops.register_tensor_conversion_function``
+     moved to ``tensor_conversion_registry`` in TF 2.13; Mesh TF's
+     ``tpu_variables.py`` still looks for it in ``ops`` (tensorflow/mesh#392).
+  2. ``PlacementMeshImpl.random`` seeds each random op with ``random.random()``
+     and ``hash(str)``.  ``hash`` of a string is salted per process, so the same
+     seed gave different jitter/dropout in every run.  We replace it with a
+     seed derived from a per-lowering counter and a stable CRC of the slice
+     position, so the same ``tf.random.set_seed`` gives the same numbers.
+  3. ``mesh_tensorflow.transformer.utils`` imports ``pkg_resources``, which
+     setuptools >= 82 no longer ships.  We only check for it and say what to do.
+"""
+import os
+import zlib
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+_applied = False
+
+
+def _patch_tensor_conversion_registry():
+  from tensorflow.python.framework import ops  # pylint: disable=g-direct-tensorflow-import
+  if not hasattr(ops, "register_tensor_conversion_function"):
+    from tensorflow.python.framework import tensor_conversion_registry  # pylint: disable=g-direct-tensorflow-import
+    ops.register_tensor_conversion_function = (
+        tensor_conversion_registry.register_tensor_conversion_function)
+
+
+def _check_pkg_resources():
+  try:
+    import pkg_resources  # pylint: disable=unused-import,g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(
+        "mesh_tensorflow.transformer needs pkg_resources, which setuptools>=82 "
+        "removed: run `pip install 'setuptools<82'` in this environment.") from e
+
+
+def _deterministic_placement_random(self, shape, tf_fn, kwargs):
+  """Replacement for PlacementMeshImpl.random with process-stable seeds."""
+  counter = getattr(self, "_switch_mtf_random_ops", 0)
+  self._switch_mtf_random_ops = counter + 1  # pylint: disable=protected-access
+  slice_shape = self.slice_shape(shape)
+
+  def my_fn(pnum):
+    # Slices that hold the same part of the tensor (replicas) must draw the
+    # same numbers, so the seed depends on the slice's position, not on pnum.
+    key = "%d,%s" % (counter, self.slice_begin(shape, pnum))
+    seed = zlib.crc32(key.encode("utf-8")) & 0x7FFFFFFF
+    return tf_fn(slice_shape, seed=seed, **kwargs)
+
+  return self.slicewise(my_fn, self.laid_out_pnum())
+
+
+def apply():
+  """Applies all patches (idempotent).  Must run before Mesh TF is imported."""
+  global _applied
+  if _applied:
+    return
+  _patch_tensor_conversion_registry()
+  _check_pkg_resources()
+  from mesh_tensorflow import placement_mesh_impl  # pylint: disable=g-import-not-at-top
+  placement_mesh_impl.PlacementMeshImpl.random = _deterministic_placement_random
+  _applied = True

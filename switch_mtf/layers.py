@@ -1,0 +1,259 @@
+"""The Switch feed-forward layer: routing, dispatch, experts, combine.
+
+``switch_feed_forward`` is a plain function on mtf tensors (tests and
+benchmarks call it directly); ``SwitchFFN`` wraps it as a
+``mesh_tensorflow.transformer`` TransformerLayer that can stand in for
+``DenseReluDense`` in any layer stack.
+
+Dataflow (dims as in Mesh TF ``moe.py``; ` marks the dim split over devices):
+
+  x           [outer_batch, batch`, length, d_model]
+  reshape     [outer_batch, batch`(groups), group, d_model]
+  route       -> Routing (float32 inside; combine/dispatch in x.dtype)
+  dispatch    [outer_batch, batch`, expert_unsplit, expert_capacity, d_model]
+  all-to-all  [outer_batch, batch_unsplit, experts`, expert_capacity, d_model]
+  experts     ... expert_hidden (may be split over a model dim) ... d_model
+  all-to-all  back, combine -> [outer_batch, batch`, group, d_model]
+  reshape     [outer_batch, batch`, length, d_model]
+
+Dropped tokens get exactly 0 from this layer; the residual connection around
+it carries them to the next layer unchanged.
+"""
+import dataclasses
+import typing
+import weakref
+
+import gin
+import mesh_tensorflow as mtf
+from mesh_tensorflow.transformer import transformer
+import tensorflow.compat.v1 as tf
+
+from switch_mtf import capacity as capacity_lib
+from switch_mtf import dispatch as dispatch_lib
+from switch_mtf import experts as experts_lib
+from switch_mtf import layout as layout_lib
+from switch_mtf import routing
+from switch_mtf.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class SwitchConfig:
+  """Hyperparameters of a Switch layer (defaults: the paper / Mesh TF).
+
+  Attributes:
+    num_experts: experts in the layer.
+    hidden_size: d_ff of each expert.
+    group_size: tokens per routing group, at most (Mesh TF: 1024).
+    capacity_factor_train: capacity factor in training (1.25).
+    capacity_factor_eval: capacity factor in eval and inference (2.0).
+    min_expert_capacity: capacity is raised to at least this (4).
+    drop_tokens_eval: False gives every expert room for the whole group in
+      eval, so nothing is ever dropped (costs E x the expert compute).
+    activation: "relu" or "gated_gelu" (T5 v1.1 / Table 9) or "gelu".
+    expert_dropout_rate: dropout inside the experts, training only (paper
+      fine-tuning: 0.4, with 0.1 elsewhere).
+    init_scale: truncated-normal fan-in scale of all kernels, router
+      included (paper §2.4: 0.1).
+    dispatch: "einsum" (the paper's one-hot matmuls, for TPU) or "gather"
+      (index-based, for CPU/GPU).  Same results.
+  """
+  num_experts: int = 8
+  hidden_size: int = 2048
+  group_size: int = 1024
+  capacity_factor_train: float = 1.25
+  capacity_factor_eval: float = 2.0
+  min_expert_capacity: int = 4
+  drop_tokens_eval: bool = True
+  activation: str = "relu"
+  expert_dropout_rate: float = 0.0
+  init_scale: float = 0.1
+  dispatch: str = "einsum"
+
+  def __post_init__(self):
+    if not isinstance(self.num_experts, int) or self.num_experts < 1:
+      raise ConfigError("num_experts=%r must be an integer >= 1"
+                        % (self.num_experts,))
+    if not isinstance(self.hidden_size, int) or self.hidden_size < 1:
+      raise ConfigError("hidden_size=%r must be an integer >= 1"
+                        % (self.hidden_size,))
+    for name in ("capacity_factor_train", "capacity_factor_eval"):
+      value = getattr(self, name)
+      if not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError("%s=%r must be a number > 0 (the paper uses 1.0 to "
+                          "2.0)" % (name, value))
+    if self.group_size < 1:
+      raise ConfigError("group_size=%r must be >= 1" % (self.group_size,))
+    if self.min_expert_capacity < 1:
+      raise ConfigError("min_expert_capacity=%r must be >= 1"
+                        % (self.min_expert_capacity,))
+    if not 0.0 <= self.expert_dropout_rate < 1.0:
+      raise ConfigError("expert_dropout_rate=%r must be in [0, 1)"
+                        % (self.expert_dropout_rate,))
+    if not self.init_scale > 0:
+      raise ConfigError("init_scale=%r must be > 0" % (self.init_scale,))
+    experts_lib.check_activation(self.activation)
+    if self.dispatch not in dispatch_lib.DISPATCH_IMPLEMENTATIONS:
+      raise ConfigError("dispatch=%r is unknown: use one of %s" % (
+          self.dispatch, ", ".join(dispatch_lib.DISPATCH_IMPLEMENTATIONS)))
+
+  def capacity(self, group_size, train):
+    """Expert capacity for a group of ``group_size`` tokens."""
+    if not train and not self.drop_tokens_eval:
+      factor = None
+    else:
+      factor = (self.capacity_factor_train if train
+                else self.capacity_factor_eval)
+    return capacity_lib.expert_capacity(group_size, self.num_experts, factor,
+                                        self.min_expert_capacity)
+
+
+# Router metrics of every Switch layer built in an mtf.Graph, by layer name.
+_ROUTER_METRICS = weakref.WeakKeyDictionary()
+
+
+def router_metrics(graph):
+  """``{layer_name: {metric_name: mtf.Tensor}}`` for the layers in ``graph``."""
+  return dict(_ROUTER_METRICS.get(graph, {}))
+
+
+def switch_feed_forward(x, config, router, train, variable_dtype,
+                        nonpadding=None, layout=None, mesh_shape=None,
+                        num_microbatches=1, output_dim=None):
+  """The Switch layer as a function.
+
+  Args:
+    x: ``[(outer_batch,) batch, (length,) ..., d_model]``: the first dim is
+      the batch (or ``outer_batch`` for expert replication, then ``batch``).
+    config: a SwitchConfig.
+    router: a routing.Router.
+    train: a boolean.
+    variable_dtype: a mtf.VariableDType.
+    nonpadding: optional float tensor with x's dims but d_model; 1 = real.
+    layout, mesh_shape: the layout rules and mesh shape the graph will be
+      lowered with (to choose the number of groups and check divisibility).
+    num_microbatches: the aux loss is divided by this.
+    output_dim: output Dimension (default: x's last dim).
+
+  Returns:
+    (y with x's shape but output_dim, routing.Routing)
+  """
+  batch_and_length_dims, model_dim = x.shape.dims[:-1], x.shape.dims[-1]
+  output_dim = output_dim or model_dim
+  if x.shape.dims[0].name == "outer_batch":
+    outer_dim, batch_dim = x.shape.dims[:2]
+  else:
+    outer_dim, batch_dim = mtf.Dimension("outer_batch", 1), x.shape.dims[0]
+  num_tokens = mtf.Shape(batch_and_length_dims).size // outer_dim.size
+
+  experts_dim = mtf.Dimension("experts", config.num_experts)
+  hidden_dim = mtf.Dimension("expert_hidden", config.hidden_size)
+  batch_ways = layout_lib.split_ways(layout, mesh_shape, batch_dim)
+  num_groups, group_size = capacity_lib.split_into_groups(
+      num_tokens, config.group_size, batch_ways)
+  groups_dim = mtf.Dimension(batch_dim.name, num_groups)
+  group_dim = mtf.Dimension("group", group_size)
+  capacity_dim = mtf.Dimension(
+      "expert_capacity", config.capacity(group_size, train))
+  experts_unsplit_dim = mtf.Dimension("expert_unsplit", config.num_experts)
+  batch_unsplit_dim = mtf.Dimension("batch_unsplit", num_groups)
+  layout_lib.check_tensors(layout, mesh_shape, {
+      "routed tokens": [outer_dim, groups_dim, group_dim, model_dim],
+      "expert inputs": [outer_dim, batch_unsplit_dim, experts_dim,
+                        capacity_dim, model_dim],
+      "expert hidden": [outer_dim, batch_unsplit_dim, experts_dim,
+                        capacity_dim, hidden_dim],
+      "wi kernel": [experts_dim, model_dim, hidden_dim],
+      "wo kernel": [experts_dim, hidden_dim, output_dim],
+  })
+
+  grouped_dims = [outer_dim, groups_dim, group_dim]
+  inputs = mtf.reshape(x, grouped_dims + [model_dim])
+  if nonpadding is not None:
+    nonpadding = mtf.zeros(x.mesh, batch_and_length_dims,
+                           dtype=nonpadding.dtype) + nonpadding
+    nonpadding = mtf.reshape(nonpadding, grouped_dims)
+
+  result = router.route(
+      inputs, experts_unsplit_dim, capacity_dim, train, variable_dtype,
+      nonpadding=nonpadding, init_scale=config.init_scale,
+      num_microbatches=num_microbatches)
+  dispatcher = dispatch_lib.make_dispatcher(
+      config.dispatch, result, groups_dim, experts_dim, batch_unsplit_dim)
+  expert_inputs = dispatcher.dispatch(inputs)
+  expert_outputs = experts_lib.expert_feed_forward(
+      expert_inputs, experts_dim, hidden_dim, output_dim, config.activation,
+      config.expert_dropout_rate, train, variable_dtype, config.init_scale)
+  outputs = dispatcher.combine(expert_outputs)
+  outputs = mtf.reshape(outputs, batch_and_length_dims + [output_dim])
+  return outputs, result
+
+
+@gin.configurable
+class SwitchFFN(transformer.TransformerLayer):
+  """Switch feed-forward layer for ``mesh_tensorflow.transformer`` stacks.
+
+  Use it where a stack would have ``DenseReluDense``, e.g. in gin:
+    encoder/transformer.make_layer_stack.layers = [
+        @transformer_layers.SelfAttention, @switch_mtf.layers.SwitchFFN, ...]
+
+  In training, the router loss (alpha x aux loss + z-loss coefficient x
+  z-loss) is appended to ``context.losses``, so it is summed over layers and
+  becomes part of the total loss, as in Mesh TF.
+  """
+
+  def __init__(self,
+               num_experts=8,
+               hidden_size=2048,
+               group_size=1024,
+               capacity_factor_train=1.25,
+               capacity_factor_eval=2.0,
+               min_expert_capacity=4,
+               drop_tokens_eval=True,
+               activation="relu",
+               expert_dropout_rate=0.0,
+               init_scale=0.1,
+               dispatch="einsum",
+               router=None):
+    self.config = SwitchConfig(
+        num_experts=num_experts, hidden_size=hidden_size,
+        group_size=group_size, capacity_factor_train=capacity_factor_train,
+        capacity_factor_eval=capacity_factor_eval,
+        min_expert_capacity=min_expert_capacity,
+        drop_tokens_eval=drop_tokens_eval, activation=activation,
+        expert_dropout_rate=expert_dropout_rate, init_scale=init_scale,
+        dispatch=dispatch)
+    if router is None:
+      router = routing.SwitchRouter()
+    elif isinstance(router, str):
+      router = routing.make_router(router)
+    if not isinstance(router, routing.Router):
+      raise ConfigError("SwitchFFN.router=%r is not a router: use one of %s or "
+                        "a routing.Router" % (router, ", ".join(routing.ROUTERS)))
+    self.router = router
+
+  def call(self, context, x):
+    if context.model.ensemble_dim:
+      raise ConfigError("SwitchFFN does not support ensembles: remove the "
+                        "ensemble dimension or use DenseReluDense")
+    # Incremental decoding feeds one position at a time without a length dim.
+    has_length = context.length_dim in x.shape.dims
+    if not has_length:
+      x_shape = x.shape
+      x = mtf.reshape(x, x_shape.dims[:-1] + [mtf.Dimension("length", 1)]
+                      + x_shape.dims[-1:])
+    nonpadding = context.nonpadding if has_length else None
+    if not isinstance(nonpadding, mtf.Tensor):  # None, or 1 for "no padding"
+      nonpadding = None
+    y, result = switch_feed_forward(
+        x, self.config, self.router, context.train, context.variable_dtype,
+        nonpadding=nonpadding, layout=context.model.layout,
+        mesh_shape=context.model.mesh_shape,
+        num_microbatches=context.num_microbatches or 1)
+    if context.train:
+      if context.losses is not None:
+        context.losses.append(mtf.cast(result.loss, context.activation_dtype))
+      scope = tf.get_variable_scope().name
+      _ROUTER_METRICS.setdefault(x.mesh.graph, {})[scope] = result.metrics
+    if not has_length:
+      y = mtf.reshape(y, x_shape)
+    return y
