@@ -52,7 +52,10 @@ def split_into_groups(num_tokens, max_group_size, mesh_dim_size):
   The group size is the largest one <= ``max_group_size`` for which the
   number of groups is a multiple of ``mesh_dim_size`` (the number of devices
   the batch is split over), so that each device routes whole groups.  This is
-  the rule of Mesh TF's ``_split_into_groups``.
+  the rule of Mesh TF's ``_split_into_groups``, except that upstream starts
+  its search at floor(num_tokens / max_group_size) groups and so can return
+  groups larger than ``group_size`` (96 tokens, group_size 64: one group of
+  96).  We start at the ceiling, so groups never exceed ``group_size``.
 
   Args:
     num_tokens: tokens to route (per outer-batch replica).
@@ -69,7 +72,7 @@ def split_into_groups(num_tokens, max_group_size, mesh_dim_size):
         "%d tokens (batch x length) cannot be split over the %d devices of the "
         "batch mesh dimension: make the batch size a multiple of %d"
         % (num_tokens, mesh_dim_size, mesh_dim_size))
-  num_groups = max(1, num_tokens // max_group_size)
+  num_groups = max(1, -(-num_tokens // max_group_size))
   while num_groups % mesh_dim_size or num_tokens % num_groups:
     num_groups += 1
   return num_groups, num_tokens // num_groups

@@ -60,6 +60,8 @@ class Routing:
   capacity_dim: mtf.Dimension      # "expert_capacity"
   group_dim: mtf.Dimension         # "group"
   activation_dtype: tf.DType
+  logits: mtf.Tensor               # float32 [..., group, expert_unsplit]
+  probs: mtf.Tensor                # float32 softmax of logits
   loss: mtf.Tensor                 # scalar, weighted: goes into the total loss
   metrics: typing.Dict[str, mtf.Tensor]
 
@@ -253,7 +255,8 @@ class Router(object):
     metrics.update(aux_loss=aux_loss, z_loss=z_loss)
     return Routing(choices=choices, experts_dim=experts_dim,
                    capacity_dim=capacity_dim, group_dim=group_dim,
-                   activation_dtype=inputs.dtype, loss=loss, metrics=metrics)
+                   activation_dtype=inputs.dtype, logits=logits, probs=probs,
+                   loss=loss, metrics=metrics)
 
   def _assign(self, probs, index, gate, real, capacity_dim, train):
     """Gives tokens slots.  Returns a list of ExpertChoice."""

@@ -1,0 +1,58 @@
+"""Builds and runs one Switch layer on a virtual mesh, for the tests."""
+import mesh_tensorflow as mtf
+import numpy as np
+
+from switch_mtf import layers
+from switch_mtf import routing
+from switch_mtf import testing
+
+KERNELS = ("router/kernel", "wi/kernel", "wi_0/kernel", "wi_1/kernel",
+           "wo/kernel")
+
+
+def run_switch(tokens, config, router=None, train=False, mesh_shape="",
+               layout="", weights=None, nonpadding=None, grads=False,
+               seed=1234, extra=None):
+  """Runs ``switch_feed_forward`` on ``tokens`` [batch, length, d_model].
+
+  Returns a dict with "y", "loss", "probs", "logits", the router metrics, the
+  kernels actually used (by short name: "router", "wi", "wo", ...), and with
+  grads=True the gradients of sum(y * w) + loss ("grad/<kernel>", "grad/x").
+  """
+  router = router or routing.SwitchRouter(policy_train="argmax")
+  b, l, m = tokens.shape
+  dims = [mtf.Dimension("batch", b), mtf.Dimension("length", l),
+          mtf.Dimension("d_model", m)]
+  with testing.MeshProgram(mesh_shape, layout, seed=seed) as p:
+    x = p.import_array(tokens.astype(np.float32), dims)
+    pad = None
+    if nonpadding is not None:
+      pad = p.import_array(np.asarray(nonpadding, np.float32), dims[:2])
+    y, r = layers.switch_feed_forward(
+        x, config, router, train, testing.FLOAT32, nonpadding=pad,
+        layout=layout, mesh_shape=mesh_shape)
+    fetches = {"y": y, "loss": r.loss, "probs": r.probs, "logits": r.logits}
+    fetches.update({"metric/" + k: v for k, v in r.metrics.items()})
+    variables = p.variables_by_name()
+    for name in KERNELS:
+      if name in variables:
+        fetches["w/" + name.split("/")[0]] = variables[name].outputs[0]
+    if grads:
+      probe = p.import_array(
+          np.random.RandomState(7).randn(b, l, m).astype(np.float32), dims)
+      objective = mtf.reduce_sum(y * probe) + r.loss
+      names = sorted(n for n in KERNELS if n in variables)
+      grad_tensors = mtf.gradients(
+          [objective], [variables[n].outputs[0] for n in names] + [x])
+      for n, g in zip(names + ["x"], grad_tensors):
+        fetches["grad/" + n.split("/")[0]] = g
+    if extra:
+      fetches.update(extra(r))
+    values = {}
+    if weights:
+      values = {k + "/kernel": v for k, v in weights.items()}
+    out = p.run(fetches, variable_values=values)
+  for key in ("probs", "logits"):  # [outer, groups, group, E] -> [b, l, E]
+    out[key] = out[key].reshape(b, l, -1)
+  out["weights"] = {k[2:]: v for k, v in out.items() if k.startswith("w/")}
+  return out
