@@ -70,7 +70,10 @@ class MeshProgram(object):
     devices = [""] * max(1, self.mesh_shape.size)
     mesh_impl = mtf.placement_mesh_impl.PlacementMeshImpl(
         self.mesh_shape, self.layout, devices)
-    lowering = mtf.Lowering(self.graph, {self.mesh: mesh_impl})
+    # autostack would replace the variables by stacked ones, which the
+    # variable_values and variable fetches below refer to by their own names.
+    lowering = mtf.Lowering(self.graph, {self.mesh: mesh_impl},
+                            autostack=False)
     names = sorted(fetches)
     tf_fetches = [lowering.export_to_tf_tensor(fetches[n]) for n in names]
     tf_updates = [lowering.lowered_operation(op) for op in (extra_ops or [])]
