@@ -249,11 +249,10 @@ class SwitchFFN(transformer.TransformerLayer):
         nonpadding=nonpadding, layout=context.model.layout,
         mesh_shape=context.model.mesh_shape,
         num_microbatches=context.num_microbatches or 1)
-    if context.train:
-      if context.losses is not None:
-        context.losses.append(mtf.cast(result.loss, context.activation_dtype))
-      scope = tf.get_variable_scope().name
-      _ROUTER_METRICS.setdefault(x.mesh.graph, {})[scope] = result.metrics
+    if context.train and context.losses is not None:
+      context.losses.append(mtf.cast(result.loss, context.activation_dtype))
+    scope = tf.get_variable_scope().name
+    _ROUTER_METRICS.setdefault(x.mesh.graph, {})[scope] = result.metrics
     if not has_length:
       y = mtf.reshape(y, x_shape)
     return y

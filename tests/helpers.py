@@ -4,7 +4,7 @@ import numpy as np
 
 from switch_mtf import layers
 from switch_mtf import routing
-from switch_mtf import testing
+from switch_mtf import mesh_program
 
 KERNELS = ("router/kernel", "wi/kernel", "wi_0/kernel", "wi_1/kernel",
            "wo/kernel")
@@ -23,13 +23,13 @@ def run_switch(tokens, config, router=None, train=False, mesh_shape="",
   b, l, m = tokens.shape
   dims = [mtf.Dimension("batch", b), mtf.Dimension("length", l),
           mtf.Dimension("d_model", m)]
-  with testing.MeshProgram(mesh_shape, layout, seed=seed) as p:
+  with mesh_program.MeshProgram(mesh_shape, layout, seed=seed) as p:
     x = p.import_array(tokens.astype(np.float32), dims)
     pad = None
     if nonpadding is not None:
       pad = p.import_array(np.asarray(nonpadding, np.float32), dims[:2])
     y, r = layers.switch_feed_forward(
-        x, config, router, train, testing.FLOAT32, nonpadding=pad,
+        x, config, router, train, mesh_program.FLOAT32, nonpadding=pad,
         layout=layout, mesh_shape=mesh_shape)
     fetches = {"y": y, "loss": r.loss, "probs": r.probs, "logits": r.logits}
     fetches.update({"metric/" + k: v for k, v in r.metrics.items()})

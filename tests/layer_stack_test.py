@@ -1,4 +1,6 @@
 """The Switch layer inside a Mesh TF LayerStack (issue test 13)."""
+import functools
+
 import mesh_tensorflow as mtf
 from mesh_tensorflow.transformer import transformer
 from mesh_tensorflow.transformer import transformer_layers
@@ -7,7 +9,7 @@ import pytest
 
 from switch_mtf import layers
 from switch_mtf import routing
-from switch_mtf import testing
+from switch_mtf import mesh_program
 
 MESH, LAYOUT = "batch:2", "batch:batch,experts:batch"
 VOCAB, LENGTH, BATCH = 16, 16, 8
@@ -23,13 +25,18 @@ def _sequences():
 def _build_lm(p, aux_loss_coef):
   router = routing.SwitchRouter(policy_train="argmax",
                                 aux_loss_coef=aux_loss_coef)
-  stack = transformer.LayerStack(
-      [transformer_layers.SelfAttention(num_heads=2, key_value_size=8),
-       layers.SwitchFFN(num_experts=4, hidden_size=32, group_size=32,
-                        router=router, dispatch="gather"),
-       transformer_layers.SelfAttention(num_heads=2, key_value_size=8),
-       transformer_layers.DenseReluDense(hidden_size=32)],
-      dropout_rate=0.0, norm_epsilon=1e-6)
+  attention = (transformer_layers.SelfAttention,
+               dict(num_heads=2, key_value_size=8))
+  stack = transformer.make_layer_stack(
+      layers=[attention,
+              (layers.SwitchFFN, dict(num_experts=4, hidden_size=32,
+                                      group_size=32, router=router,
+                                      dispatch="gather")),
+              attention,
+              (transformer_layers.DenseReluDense, dict(hidden_size=32))],
+      num_layers=1,
+      layer_stack_cls=functools.partial(
+          transformer.LayerStack, dropout_rate=0.0, norm_epsilon=1e-6))
   model = transformer.Unitransformer(
       layer_stack=stack, d_model=16, input_vocab_size=VOCAB,
       output_vocab_size=VOCAB, autoregressive=True, max_length=LENGTH,
@@ -39,14 +46,14 @@ def _build_lm(p, aux_loss_coef):
   inputs = mtf.shift(targets, offset=1, dim=dims[1], wrap=False)
   _, loss = model.call_simple(inputs=inputs, targets=targets,
                               compute_loss=True, mode="train",
-                              variable_dtype=testing.FLOAT32)
+                              variable_dtype=mesh_program.FLOAT32)
   return loss
 
 
 def test_aux_loss_is_part_of_the_total_loss():
   totals = {}
   for coef in (0.0, 0.01):
-    with testing.MeshProgram(MESH, LAYOUT, seed=5) as p:
+    with mesh_program.MeshProgram(MESH, LAYOUT, seed=5) as p:
       loss = _build_lm(p, coef)
       metrics = layers.router_metrics(p.graph)
       assert len(metrics) == 1
@@ -60,7 +67,7 @@ def test_aux_loss_is_part_of_the_total_loss():
 
 
 def test_switch_lm_trains_on_two_devices():
-  with testing.MeshProgram(MESH, LAYOUT, seed=7) as p:
+  with mesh_program.MeshProgram(MESH, LAYOUT, seed=7) as p:
     loss = _build_lm(p, 0.01)
     variables = p.graph.trainable_variables
     grads = mtf.gradients([loss], [v.outputs[0] for v in variables])

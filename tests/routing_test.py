@@ -8,7 +8,7 @@ import helpers
 import reference
 from switch_mtf import layers
 from switch_mtf import routing
-from switch_mtf import testing
+from switch_mtf import mesh_program
 from switch_mtf.errors import ConfigError
 
 ARGMAX = dict(policy_train="argmax")
@@ -148,7 +148,7 @@ def test_router_runs_in_float32_with_bfloat16_activations(dispatch):
   bf16 = mtf.VariableDType(tf.float32, tf.float32, tf.bfloat16)
   dims = [mtf.Dimension("batch", 2), mtf.Dimension("length", 8),
           mtf.Dimension("d_model", 4)]
-  with testing.MeshProgram() as p:
+  with mesh_program.MeshProgram() as p:
     x = p.import_array(np.zeros((2, 8, 4)), dims, dtype=tf.bfloat16)
     config = layers.SwitchConfig(num_experts=2, hidden_size=4, group_size=8,
                                  dispatch=dispatch)

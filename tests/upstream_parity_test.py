@@ -12,7 +12,7 @@ import tensorflow.compat.v1 as tf
 
 from switch_mtf import layers
 from switch_mtf import routing
-from switch_mtf import testing
+from switch_mtf import mesh_program
 
 E, M, H = 4, 8, 16
 
@@ -35,18 +35,18 @@ def _run_both(capacity_factor, train, dispatch, layout="", mesh_shape=""):
       capacity_factor_train=capacity_factor,
       capacity_factor_eval=capacity_factor, min_expert_capacity=1,
       dispatch=dispatch)
-  with testing.MeshProgram(mesh_shape, layout) as p:
+  with mesh_program.MeshProgram(mesh_shape, layout) as p:
     x = p.import_array(tokens, dims)
     # Upstream crashes in training without a nonpadding tensor.
     nonpadding = p.import_array(np.ones((4, 16), np.float32), dims[:2])
     with tf.variable_scope("upstream"):
       y_up, loss_up = moe.transformer_moe_layer_v1(
-          x, dims[-1], hparams, train, testing.FLOAT32, layout=layout,
+          x, dims[-1], hparams, train, mesh_program.FLOAT32, layout=layout,
           mesh_shape=mesh_shape, nonpadding=nonpadding, activation="relu")
     with tf.variable_scope("ours"):
       y_ours, r = layers.switch_feed_forward(
           x, config, routing.SwitchRouter(policy_train="argmax"), train,
-          testing.FLOAT32, nonpadding=nonpadding, layout=layout,
+          mesh_program.FLOAT32, nonpadding=nonpadding, layout=layout,
           mesh_shape=mesh_shape)
     values = {
         "upstream/switch_gating/kernel": weights["router"],

@@ -1,8 +1,8 @@
 """Running small mtf computations on a (virtual) device mesh.
 
-Used by the tests and the layer benchmark: build an mtf graph, lower it on a
-``PlacementMeshImpl`` with ``n`` virtual CPU devices (empty device strings),
-set variables from NumPy, and fetch NumPy results.
+Used by the tests, the layer benchmark and the demo: build an mtf graph, lower
+it on a ``PlacementMeshImpl`` with ``n`` virtual CPU devices (empty device
+strings), set variables from NumPy, feed inputs, and fetch NumPy results.
 """
 import mesh_tensorflow as mtf
 import numpy as np
@@ -44,6 +44,13 @@ class MeshProgram(object):
   def __exit__(self, *args):
     self._graph_context.__exit__(*args)
 
+  def import_placeholder(self, dims, dtype=tf.int32, name=None):
+    """A fed input: returns (tf placeholder, fully replicated mtf tensor)."""
+    shape = mtf.Shape(dims)
+    placeholder = tf.placeholder(dtype, shape.to_integer_list, name=name)
+    return placeholder, mtf.import_fully_replicated(self.mesh, placeholder,
+                                                    shape)
+
   def import_array(self, array, dims, dtype=None):
     """A NumPy array as a fully replicated mtf tensor with ``dims``."""
     array = np.asarray(array)
@@ -53,7 +60,8 @@ class MeshProgram(object):
   def variables_by_name(self):
     return {v.name: v for v in self.graph.all_variables}
 
-  def run(self, fetches, variable_values=None, extra_ops=None, steps=1):
+  def run(self, fetches, variable_values=None, extra_ops=None, steps=1,
+          feed_fn=None, on_step=None, fetch_variables=False):
     """Lowers the graph and evaluates ``fetches`` (a dict of mtf Tensors).
 
     Args:
@@ -63,6 +71,10 @@ class MeshProgram(object):
       extra_ops: optional list of mtf Operations to run each step (e.g. the
         optimizer's updates); fetches are read after the last step.
       steps: how many times to run extra_ops.
+      feed_fn: optional function step -> feed_dict.
+      on_step: optional function (step, fetched dict) called after each step.
+      fetch_variables: also return the final trainable variable values, under
+        the key "variables" (dict variable name -> NumPy array).
 
     Returns:
       dict name -> NumPy array (for steps > 1: a list, one per step).
@@ -78,8 +90,8 @@ class MeshProgram(object):
     tf_fetches = [lowering.export_to_tf_tensor(fetches[n]) for n in names]
     tf_updates = [lowering.lowered_operation(op) for op in (extra_ops or [])]
     assigns = []
+    by_name = self.variables_by_name()
     if variable_values:
-      by_name = self.variables_by_name()
       for key, value in variable_values.items():
         matches = [v for n, v in by_name.items()
                    if n == key or n.endswith("/" + key)]
@@ -90,6 +102,7 @@ class MeshProgram(object):
         assigns.append(tf.assign(master, tf.cast(value, master.dtype)))
     init = tf.global_variables_initializer()
     copy = lowering.copy_masters_to_slices()
+    copy_back = lowering.copy_slices_to_masters() if fetch_variables else None
     results = []
     with tf.Session(config=tf.ConfigProto(
         inter_op_parallelism_threads=2,
@@ -97,11 +110,19 @@ class MeshProgram(object):
       sess.run(init)
       sess.run(assigns)
       sess.run(copy)
-      for _ in range(steps):
+      for step in range(steps):
+        feed = feed_fn(step) if feed_fn else None
         if tf_updates:
-          out = sess.run([tf_fetches, tf_updates])[0]
+          out = sess.run([tf_fetches, tf_updates], feed_dict=feed)[0]
         else:
-          out = sess.run(tf_fetches)
+          out = sess.run(tf_fetches, feed_dict=feed)
         results.append(dict(zip(names, out)))
+        if on_step:
+          on_step(step, results[-1])
+      if fetch_variables:
+        sess.run(copy_back)  # training updated the slices, not the masters
+        masters = {v.name: v.get_master()
+                   for v in self.graph.trainable_variables}
+        results[-1]["variables"] = sess.run(masters)
     return results[-1] if steps == 1 else results
 

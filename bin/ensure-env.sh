@@ -1,0 +1,42 @@
+# Sourced by bin/switch-mtf and bin/test: creates (or reuses) .venv with the
+# pinned stack.  Re-installs when setup.py or constraints.txt change.
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${SWITCH_MTF_VENV:-$ROOT/.venv}"
+
+find_python() {
+  for candidate in "${PYTHON:-}" python3.11 python3.10 python3; do
+    [ -n "$candidate" ] || continue
+    command -v "$candidate" >/dev/null 2>&1 || continue
+    if "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] not in ((3, 10), (3, 11)))' 2>/dev/null; then
+      echo "$candidate"; return 0
+    fi
+  done
+  return 1
+}
+
+ensure_env() {
+  local stamp want
+  want="$(cat "$ROOT/setup.py" "$ROOT/constraints.txt" | sha256sum | cut -c1-16)"
+  stamp="$VENV/.switch_mtf_installed"
+  if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+    return 0
+  fi
+  if [ ! -x "$VENV/bin/python" ]; then
+    local py
+    if ! py="$(find_python)"; then
+      echo "switch_mtf needs Python 3.10 or 3.11 (TensorFlow 2.15.1 has no wheels for newer Pythons): install python3.11, or set PYTHON=/path/to/python3.11." >&2
+      exit 1
+    fi
+    echo "switch_mtf: creating $VENV with $py (first run only)" >&2
+    "$py" -m venv "$VENV" || exit 1
+  fi
+  echo "switch_mtf: installing the pinned stack into $VENV (a few minutes, first run only)" >&2
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
+      -c "$ROOT/constraints.txt" -e "$ROOT[test]" || {
+    echo "switch_mtf: installing the pinned stack failed (see the pip output above)" >&2
+    exit 1
+  }
+  echo "$want" > "$stamp"
+}
+
+ensure_env

@@ -1,0 +1,105 @@
+"""An embedded, offline text corpus: an encyclopedia of fictional places and
+people, written out through many sentence templates.
+
+Deterministic from a seed; needs no network and no files.  Each entity has
+facts (a country, a river, a founding year, a profession, a home town, ...)
+that recur across its articles in different wordings, so predicting the text
+well needs memorized facts (parameters), not only grammar.  Documents about
+an entity are either all in train or all in validation.
+
+What it is not: natural text.  The vocabulary is small and the syntax comes
+from a few dozen templates; use it to exercise the pipeline and to compare
+models against each other, never to compare with published numbers.
+
+Plain Python, no TensorFlow.
+"""
+import random
+
+_ONSETS = ["b", "br", "c", "d", "dr", "f", "g", "gl", "h", "k", "l", "m", "n",
+           "p", "r", "s", "st", "t", "tr", "v", "w", "z"]
+_VOWELS = ["a", "e", "i", "o", "u", "ae", "io", "ou"]
+_CODAS = ["", "", "n", "r", "s", "l", "th", "m", "nd", "rk"]
+_PROFESSIONS = ["painter", "astronomer", "merchant", "poet", "engineer",
+                "cartographer", "physician", "composer", "sailor", "judge",
+                "architect", "historian"]
+_PRODUCTS = ["wool", "glass", "salt", "copper", "tea", "timber", "silk",
+             "cheese", "paper", "wine", "iron", "rice"]
+_CITY_TEMPLATES = [
+    "{name} is a city in {country}, on the banks of the {river}.",
+    "{name} was founded in {year} by settlers from {origin}.",
+    "The city of {name} lies on the {river} river in {country}.",
+    "{name} is known for its {product}, which is traded across {country}.",
+    "About {population} people live in {name} today.",
+    "The main industry of {name} is {product}.",
+    "In {year}, the town of {name} was built near the {river}.",
+    "Travellers reach {name} by boat along the {river}.",
+    "{name}, a city of {population} people, is the largest town on the "
+    "{river}.",
+    "The people of {name} speak the language of {country}.",
+]
+_PERSON_TEMPLATES = [
+    "{name} was a {profession} born in {town} in {year}.",
+    "{name} grew up in {town} and became a famous {profession}.",
+    "Born in {year}, {name} worked as a {profession} for most of a long life.",
+    "The {profession} {name} is remembered in {town} for {work}.",
+    "{name} wrote {work} while living in {town}.",
+    "Many consider {work} the finest achievement of {name}.",
+    "{name}, the {profession} from {town}, died in {death}.",
+    "In {death}, {name} left {town} for the last time.",
+]
+_WORKS = ["The Silent Harbour", "A Map of Winter", "The Copper Song",
+          "Letters from the River", "The Long Bridge", "Nine Lanterns",
+          "The Salt Road", "A Theory of Tides", "The Glass Orchard",
+          "The Weaver's Almanac"]
+
+
+def _word(rng, syllables):
+  text = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS)
+                 for _ in range(syllables)) + rng.choice(_CODAS)
+  return text.capitalize()
+
+
+def _unique_names(rng, count, syllables):
+  names = set()
+  while len(names) < count:
+    names.add(_word(rng, rng.choice(syllables)))
+  return sorted(names)
+
+
+def generate(seed=0, num_cities=400, num_people=600, sentences_per_doc=6):
+  """Returns {"train": [docs], "validation": [docs]} (docs are strings).
+
+  Every entity gets two articles with different sentences; 10% of the
+  entities (and all their articles) go to validation.
+  """
+  rng = random.Random(seed)
+  countries = _unique_names(rng, 12, (2, 3))
+  rivers = _unique_names(rng, 40, (2,))
+  city_names = _unique_names(rng, num_cities, (2, 3))
+  cities = [dict(name=n, country=rng.choice(countries),
+                 river=rng.choice(rivers), year=rng.randint(800, 1900),
+                 origin=rng.choice(countries), product=rng.choice(_PRODUCTS),
+                 population="{:,}".format(rng.randint(2, 900) * 1000))
+            for n in city_names]
+  first = _unique_names(rng, 300, (2,))
+  last = _unique_names(rng, 300, (2, 3))
+  people = set()
+  while len(people) < num_people:
+    people.add("%s %s" % (rng.choice(first), rng.choice(last)))
+  persons = []
+  for n in sorted(people):
+    year = rng.randint(1200, 1950)
+    persons.append(dict(name=n, profession=rng.choice(_PROFESSIONS),
+                        town=rng.choice(city_names), year=year,
+                        death=year + rng.randint(25, 90),
+                        work=rng.choice(_WORKS)))
+  entities = ([(c, _CITY_TEMPLATES) for c in cities]
+              + [(p, _PERSON_TEMPLATES) for p in persons])
+  rng.shuffle(entities)
+  split = {"train": [], "validation": []}
+  for i, (facts, templates) in enumerate(entities):
+    name = "validation" if i % 10 == 0 else "train"
+    for _ in range(2):
+      chosen = rng.sample(templates, min(sentences_per_doc, len(templates)))
+      split[name].append(" ".join(t.format(**facts) for t in chosen))
+  return split
