@@ -7,14 +7,14 @@ benchmarks call it directly); ``SwitchFFN`` wraps it as a
 
 Dataflow (dims as in Mesh TF ``moe.py``; ` marks the dim split over devices):
 
-  x           [outer_batch, batch`, length, d_model]
-  reshape     [outer_batch, batch`(groups), group, d_model]
+  x           [batch`, length, d_model]   (optionally outer_batch first)
+  reshape     [batch`(groups), group, d_model]
   route       -> Routing (float32 inside; combine/dispatch in x.dtype)
-  dispatch    [outer_batch, batch`, expert_unsplit, expert_capacity, d_model]
-  all-to-all  [outer_batch, batch_unsplit, experts`, expert_capacity, d_model]
+  dispatch    [expert_unsplit, batch`, expert_capacity, d_model]
+  all-to-all  [experts`, batch_unsplit, expert_capacity, d_model]
   experts     ... expert_hidden (may be split over a model dim) ... d_model
-  all-to-all  back, combine -> [outer_batch, batch`, group, d_model]
-  reshape     [outer_batch, batch`, length, d_model]
+  all-to-all  back, combine -> [batch`, group, d_model]
+  reshape     [batch`, length, d_model]
 
 Dropped tokens get exactly 0 from this layer; the residual connection around
 it carries them to the next layer unchanged.
@@ -139,11 +139,14 @@ def switch_feed_forward(x, config, router, train, variable_dtype,
   """
   batch_and_length_dims, model_dim = x.shape.dims[:-1], x.shape.dims[-1]
   output_dim = output_dim or model_dim
+  # An "outer_batch" dim replicates the experts (Mesh TF convention).  We add
+  # no size-1 outer dim when there is none: leading dims before "experts"
+  # make the experts' matmuls transpose their inputs.
   if x.shape.dims[0].name == "outer_batch":
-    outer_dim, batch_dim = x.shape.dims[:2]
+    lead, batch_dim = x.shape.dims[:1], x.shape.dims[1]
   else:
-    outer_dim, batch_dim = mtf.Dimension("outer_batch", 1), x.shape.dims[0]
-  num_tokens = mtf.Shape(batch_and_length_dims).size // outer_dim.size
+    lead, batch_dim = [], x.shape.dims[0]
+  num_tokens = mtf.Shape(batch_and_length_dims).size // mtf.Shape(lead).size
 
   experts_dim = mtf.Dimension("experts", config.num_experts)
   hidden_dim = mtf.Dimension("expert_hidden", config.hidden_size)
@@ -157,16 +160,16 @@ def switch_feed_forward(x, config, router, train, variable_dtype,
   experts_unsplit_dim = mtf.Dimension("expert_unsplit", config.num_experts)
   batch_unsplit_dim = mtf.Dimension("batch_unsplit", num_groups)
   layout_lib.check_tensors(layout, mesh_shape, {
-      "routed tokens": [outer_dim, groups_dim, group_dim, model_dim],
-      "expert inputs": [outer_dim, batch_unsplit_dim, experts_dim,
-                        capacity_dim, model_dim],
-      "expert hidden": [outer_dim, batch_unsplit_dim, experts_dim,
-                        capacity_dim, hidden_dim],
+      "routed tokens": lead + [groups_dim, group_dim, model_dim],
+      "expert inputs": lead + [experts_dim, batch_unsplit_dim, capacity_dim,
+                               model_dim],
+      "expert hidden": lead + [experts_dim, batch_unsplit_dim, capacity_dim,
+                               hidden_dim],
       "wi kernel": [experts_dim, model_dim, hidden_dim],
       "wo kernel": [experts_dim, hidden_dim, output_dim],
   })
 
-  grouped_dims = [outer_dim, groups_dim, group_dim]
+  grouped_dims = lead + [groups_dim, group_dim]
   inputs = mtf.reshape(x, grouped_dims + [model_dim])
   if nonpadding is not None:
     nonpadding = mtf.zeros(x.mesh, batch_and_length_dims,

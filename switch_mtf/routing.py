@@ -16,7 +16,7 @@ No-Token-Left-Behind (Appendix B) and top-2 MoE.  The result is a ``Routing``:
 a list of ``ExpertChoice`` (one per choice a token can get) from which both
 dispatch implementations (see ``dispatch.py``) are built.
 
-Tensors here have the dims ``[outer_batch, batch, group(, expert_unsplit)]``,
+Tensors here have the dims ``[(outer_batch,) batch, group(, expert_unsplit)]``,
 where ``batch`` counts groups (it keeps the batch name so that it is split like
 the batch) and ``group`` indexes tokens inside a group.
 """
@@ -35,7 +35,7 @@ SECOND_EXPERT_POLICIES = ("all", "none", "threshold", "random")
 
 @dataclasses.dataclass
 class ExpertChoice:
-  """One expert assignment per token.  Shapes ``[outer_batch, batch, group]``.
+  """One expert assignment per token.  Shapes ``[(outer_batch,) batch, group]``.
 
   Attributes:
     expert_index: int32, the expert this choice picked.
@@ -75,7 +75,7 @@ class Routing:
     return total
 
   def combine_tensor(self):
-    """``[outer_batch, batch, group, expert_unsplit, expert_capacity]``.
+    """``[(outer_batch,) batch, group, expert_unsplit, expert_capacity]``.
 
     Built in float32, returned in the activation dtype (paper §2.4).
     """
@@ -191,7 +191,7 @@ class Router(object):
   def route(self, inputs, experts_dim, capacity_dim, train, variable_dtype,
             nonpadding=None, init_scale=0.1, num_microbatches=1,
             name="router"):
-    """Routes ``inputs`` ``[outer_batch, batch, group, d_model]``.
+    """Routes ``inputs`` ``[(outer_batch,) batch, group, d_model]``.
 
     Args:
       inputs: the tokens, in groups, in the activation dtype.
@@ -200,7 +200,7 @@ class Router(object):
       train: a boolean.
       variable_dtype: the model's mtf.VariableDType (its activation dtype is
         replaced by float32 for the router).
-      nonpadding: optional float ``[outer_batch, batch, group]``, 1 for real
+      nonpadding: optional float ``[(outer_batch,) batch, group]``, 1 for real
         tokens and 0 for padding.  Padding is never routed and never counted
         in the losses or metrics.  None: every token is real.
       init_scale: truncated-normal fan-in scale of the router kernel (0.1).

@@ -1,0 +1,160 @@
+"""Switch layer benchmark: one training step against a dense FFN.
+
+One training step = forward, backward and an SGD update of the layer, for
+8192 tokens, d_model 512, d_ff 2048 (dense d_ff = each expert's d_ff, so the
+layers have equal FLOPs per token up to the capacity factor), capacity factor
+1.25, E = 8 and 32, group sizes 1024 and 256.  Variants, timed side by side
+in the same process:
+
+  dense            two dense layers with ReLU (the FLOP-matched baseline)
+  upstream moe.py  mesh_tensorflow.transformer.moe, moe_gating="switch"
+  einsum           switch_mtf, the paper's one-hot dispatch
+  gather           switch_mtf, index-based dispatch
+
+All on a 1-device mesh on this machine's CPU, float32, input jitter.  Writes a
+Markdown table and the raw numbers (JSON) to benchmarks/results/.
+
+  .venv/bin/python benchmarks/layer_benchmark.py [--steps 5] [--quick]
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import switch_mtf  # noqa: F401  (compat patches before Mesh TF)
+import mesh_tensorflow as mtf
+from mesh_tensorflow.transformer import moe
+import numpy as np
+import tensorflow.compat.v1 as tf
+
+from switch_mtf import layers
+from switch_mtf import mesh_program
+from switch_mtf import routing
+
+TOKENS, D_MODEL, D_FF, CF = 8192, 512, 2048, 1.25
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def _dense(x):
+  ff_dim = mtf.Dimension("d_ff", D_FF)
+  h = mtf.layers.dense(x, ff_dim, reduced_dims=x.shape.dims[-1:],
+                       use_bias=False, activation=mtf.relu,
+                       variable_dtype=mesh_program.FLOAT32, name="wi")
+  return mtf.layers.dense(h, x.shape.dims[-1], reduced_dims=[ff_dim],
+                          use_bias=False, variable_dtype=mesh_program.FLOAT32,
+                          name="wo"), None
+
+
+def _upstream(x, experts, group):
+  hparams = moe.MoE1D(num_experts=experts, hidden_size=D_FF, group_size=group,
+                      capacity_factor_train=CF, moe_gating="switch",
+                      switch_policy_train="input_jitter",
+                      activation="relu")._hparams
+  nonpadding = mtf.ones(x.mesh, x.shape.dims[:-1])  # upstream needs one
+  return moe.transformer_moe_layer_v1(
+      x, x.shape.dims[-1], hparams, True, mesh_program.FLOAT32,
+      layout="", mesh_shape="", nonpadding=nonpadding, activation="relu")
+
+
+def _ours(x, experts, group, dispatch):
+  config = layers.SwitchConfig(num_experts=experts, hidden_size=D_FF,
+                               group_size=group, capacity_factor_train=CF,
+                               dispatch=dispatch)
+  y, result = layers.switch_feed_forward(
+      x, config, routing.SwitchRouter(), True, mesh_program.FLOAT32)
+  return y, result.loss
+
+
+def time_step(build, steps, length=1024):
+  """Median seconds of one training step of the layer ``build`` makes."""
+  batch = TOKENS // length
+  dims = [mtf.Dimension("batch", batch), mtf.Dimension("length", length),
+          mtf.Dimension("d_model", D_MODEL)]
+  rng = np.random.RandomState(0)
+  with mesh_program.MeshProgram(seed=0) as p:
+    x = p.import_array(rng.randn(batch, length, D_MODEL).astype(np.float32),
+                       dims)
+    probe = p.import_array(
+        rng.randn(batch, length, D_MODEL).astype(np.float32), dims)
+    y, aux = build(x)
+    loss = mtf.reduce_sum(y * probe) * (1.0 / TOKENS)
+    if aux is not None:
+      loss += aux
+    variables = p.graph.trainable_variables
+    grads = mtf.gradients([loss], [v.outputs[0] for v in variables])
+    updates = mtf.optimize.SgdOptimizer(0.01).apply_grads(grads, variables)
+    stamps = []
+    p.run({"loss": loss}, extra_ops=updates, steps=steps + 2,
+          on_step=lambda step, out: stamps.append(time.perf_counter()))
+  durations = np.diff(stamps)[1:]  # the first two steps warm up
+  return statistics.median(durations)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--steps", type=int, default=5,
+                      help="timed steps per variant (after 2 warm-up steps)")
+  parser.add_argument("--quick", action="store_true",
+                      help="only E=8, group 1024")
+  args = parser.parse_args()
+  configs = [(8, 1024)] if args.quick else [(8, 1024), (32, 1024), (8, 256),
+                                            (32, 256)]
+  print("timing dense FFN ...", flush=True)
+  dense = time_step(_dense, args.steps)
+  rows = []
+  for experts, group in configs:
+    row = dict(experts=experts, group=group)
+    for name, build in (
+        ("upstream", lambda x: _upstream(x, experts, group)),
+        ("einsum", lambda x: _ours(x, experts, group, "einsum")),
+        ("gather", lambda x: _ours(x, experts, group, "gather"))):
+      print("timing E=%d group=%d %s ..." % (experts, group, name), flush=True)
+      row[name] = time_step(build, args.steps)
+    rows.append(row)
+    print("  dense %.3fs  upstream %.2fx  einsum %.2fx  gather %.2fx" % (
+        dense, row["upstream"] / dense, row["einsum"] / dense,
+        row["gather"] / dense), flush=True)
+  _write(dense, rows, args)
+
+
+def _write(dense, rows, args):
+  os.makedirs(RESULTS, exist_ok=True)
+  machine = "%s, %d CPU cores, TensorFlow %s" % (
+      platform.processor() or platform.machine(), os.cpu_count(),
+      tf.__version__)
+  lines = [
+      "# Switch layer benchmark",
+      "",
+      "One training step (forward, backward, SGD update) of one layer: %d "
+      "tokens, d_model %d, d_ff %d per expert and dense, capacity factor "
+      "%.2f, float32, input jitter, 1-device mesh.  Median of %d steps after "
+      "2 warm-up steps.  Machine: %s.  Command: `.venv/bin/python "
+      "benchmarks/layer_benchmark.py%s`." % (
+          TOKENS, D_MODEL, D_FF, CF, args.steps, machine,
+          " --quick" if args.quick else ""),
+      "",
+      "Dense FFN: %.3f s per step." % dense,
+      "",
+      "| experts | group | upstream moe.py | switch_mtf einsum | switch_mtf "
+      "gather |",
+      "| --- | --- | --- | --- | --- |",
+  ]
+  for r in rows:
+    lines.append("| %d | %d | %.2f× (%.3f s) | %.2f× (%.3f s) | %.2f× (%.3f s) |"
+                 % (r["experts"], r["group"], r["upstream"] / dense,
+                    r["upstream"], r["einsum"] / dense, r["einsum"],
+                    r["gather"] / dense, r["gather"]))
+  lines += ["", "Ratios are step time / dense step time; the ideal is about "
+            "the capacity factor (1.25) plus the router."]
+  with open(os.path.join(RESULTS, "layer_benchmark.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  with open(os.path.join(RESULTS, "layer_benchmark.json"), "w") as f:
+    json.dump(dict(dense_seconds=dense, rows=rows, machine=machine,
+                   steps=args.steps), f, indent=1)
+  print("\n".join(lines))
+
+
+if __name__ == "__main__":
+  main()
