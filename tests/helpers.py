@@ -12,22 +12,30 @@ KERNELS = ("router/kernel", "wi/kernel", "wi_0/kernel", "wi_1/kernel",
 
 def run_switch(tokens, config, router=None, train=False, mesh_shape="",
                layout="", weights=None, nonpadding=None, grads=False,
-               seed=1234, extra=None):
+               seed=1234, extra=None, outer_batch=None):
   """Runs ``switch_feed_forward`` on ``tokens`` [batch, length, d_model].
 
   Returns a dict with "y", "loss", "probs", "logits", the router metrics, the
   kernels actually used (by short name: "router", "wi", "wo", ...), and with
   grads=True the gradients of sum(y * w) + loss ("grad/<kernel>", "grad/x").
+  With ``outer_batch=k`` the batch is fed as [outer_batch=k, batch=b/k, ...]
+  (expert replication); results come back as [b, l, ...].
   """
   router = router or routing.SwitchRouter(policy_train="argmax")
   b, l, m = tokens.shape
   dims = [mtf.Dimension("batch", b), mtf.Dimension("length", l),
           mtf.Dimension("d_model", m)]
+  if outer_batch:
+    dims = [mtf.Dimension("outer_batch", outer_batch),
+            mtf.Dimension("batch", b // outer_batch)] + dims[1:]
+    tokens = tokens.reshape([d.size for d in dims])
+    if nonpadding is not None:
+      nonpadding = np.asarray(nonpadding).reshape([d.size for d in dims[:-1]])
   with mesh_program.MeshProgram(mesh_shape, layout, seed=seed) as p:
     x = p.import_array(tokens.astype(np.float32), dims)
     pad = None
     if nonpadding is not None:
-      pad = p.import_array(np.asarray(nonpadding, np.float32), dims[:2])
+      pad = p.import_array(np.asarray(nonpadding, np.float32), dims[:-1])
     y, r = layers.switch_feed_forward(
         x, config, router, train, mesh_program.FLOAT32, nonpadding=pad,
         layout=layout, mesh_shape=mesh_shape)
@@ -39,7 +47,8 @@ def run_switch(tokens, config, router=None, train=False, mesh_shape="",
         fetches["w/" + name.split("/")[0]] = variables[name].outputs[0]
     if grads:
       probe = p.import_array(
-          np.random.RandomState(7).randn(b, l, m).astype(np.float32), dims)
+          np.random.RandomState(7).randn(b, l, m).astype(np.float32)
+          .reshape([d.size for d in dims]), dims)
       objective = mtf.reduce_sum(y * probe) + r.loss
       names = sorted(n for n in KERNELS if n in variables)
       grad_tensors = mtf.gradients(

@@ -39,6 +39,27 @@ def test_same_outputs_and_gradients_on_every_layout(dispatch):
                                  err_msg="%s: %s" % (name, key))
 
 
+@pytest.mark.parametrize("dispatch", ["einsum", "gather"])
+def test_expert_replication_over_an_outer_batch_dimension(dispatch):
+  # 2 replicas of the experts (mesh "outer") x 2-way expert parallelism
+  # ("inner"), as in Mesh TF's 8x8_dp_r4 layout.  Groups are one sequence in
+  # both runs, so the results must match the single-device ones.
+  tokens = np.random.RandomState(2).randn(4, 16, 8).astype(np.float32)
+  config = layers.SwitchConfig(num_experts=4, hidden_size=16, group_size=16,
+                               capacity_factor_train=1.0,
+                               min_expert_capacity=1, dispatch=dispatch)
+  base = helpers.run_switch(tokens, config, train=True, grads=True,
+                            weights=_weights())
+  replicated = helpers.run_switch(
+      tokens, config, train=True, grads=True, weights=_weights(),
+      outer_batch=2, mesh_shape="outer:2,inner:2",
+      layout="outer_batch:outer,batch:inner,experts:inner")
+  assert base["metric/fraction_dropped"] > 0
+  for key in ["y", "loss"] + [k for k in base if k.startswith("grad/")]:
+    np.testing.assert_allclose(replicated[key], base[key], rtol=1e-5,
+                               atol=1e-5, err_msg=key)
+
+
 @pytest.mark.parametrize("experts,mesh,layout,message", [
     (3, "batch:2", "batch:batch,experts:batch",
      r"'experts' \(size 3\) cannot be split 2 ways over mesh dimension 'batch'"),

@@ -1,0 +1,100 @@
+"""Gin configuration: where the gin files are, and parsing them safely.
+
+Configs are parsed on top of Mesh TF's ``defaults.gin`` (as T5's
+``t5_mesh_transformer`` does), then the user's ``--gin_file`` s in order,
+then the ``--gin_param`` s.  File names resolve against this package's
+``gin/`` tree (``models/switch_base_8.gin``, ``layouts/cpu_ep_2.gin``);
+paths work too.
+"""
+import os
+
+import gin
+import mesh_tensorflow.transformer.utils  # noqa: F401  (registers utils.run)
+import pkg_resources
+
+from switch_mtf.errors import ConfigError
+
+# Modules whose configurables our gin files name.
+import switch_mtf.layers  # noqa: F401,E402
+import switch_mtf.models  # noqa: F401,E402
+import switch_mtf.routing  # noqa: F401,E402
+
+
+def gin_dir():
+  """The packaged gin/ tree (top level of the repository)."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  for candidate in (os.path.join(here, "gin_configs"),
+                    os.path.join(os.path.dirname(here), "gin")):
+    if os.path.isdir(candidate):
+      return candidate
+  raise ConfigError("cannot find switch_mtf's gin/ directory next to %s: "
+                    "reinstall switch_mtf" % here)
+
+
+def mesh_defaults_path():
+  return pkg_resources.resource_filename(
+      "mesh_tensorflow.transformer", "gin/defaults.gin")
+
+
+def resolve(gin_file):
+  """A --gin_file value -> a path (packaged names first, then paths)."""
+  name = gin_file if gin_file.endswith(".gin") else gin_file + ".gin"
+  packaged = os.path.join(gin_dir(), name)
+  if os.path.exists(packaged):
+    return packaged
+  if os.path.exists(gin_file):
+    return gin_file
+  raise ConfigError(
+      "gin file %r not found (looked in %s and the current directory): see "
+      "`ls %s/models %s/layouts`" % (gin_file, gin_dir(), gin_dir(),
+                                      gin_dir()))
+
+
+def parse(gin_files=(), gin_params=(), finalize=False):
+  """Clears gin and parses defaults, files and params.
+
+  Raises ConfigError with one line for unknown names, bad values and
+  missing files.
+  """
+  gin.clear_config(clear_constants=True)
+  paths = [resolve(f) for f in gin_files]
+  # gin looks for ``include``d files under the current directory first and
+  # logs an error for every miss; parsing from inside gin/ finds ours first.
+  cwd = os.getcwd()
+  gin.add_config_file_search_path(cwd)
+  os.chdir(gin_dir())
+  try:
+    gin.parse_config_file(mesh_defaults_path())
+    for path in paths:
+      gin.parse_config_file(os.path.join(cwd, path))
+    gin.parse_config(list(gin_params))
+    if finalize:
+      gin.finalize()
+  except ConfigError:
+    raise
+  except (ValueError, KeyError, ImportError, IOError, SyntaxError) as e:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+    raise ConfigError("bad gin configuration: %s" % first) from None
+  finally:
+    os.chdir(cwd)
+
+
+def query(name, default=None):
+  """The bound value of a gin parameter, or ``default``."""
+  try:
+    return gin.query_parameter(name)
+  except ValueError:
+    return default
+
+
+def mesh_and_layout():
+  """(mesh_shape, layout_rules) strings bound by the layout gin file.
+
+  Mesh TF's defaults bind ``utils.run.mesh_shape`` to ``tpu_mesh_shape()``,
+  which needs a TPU topology; without a layout file we report no mesh ("").
+  """
+  mesh_shape = query("utils.run.mesh_shape", "")
+  layout = query("utils.run.layout_rules", "")
+  if not isinstance(mesh_shape, str):
+    mesh_shape = ""
+  return mesh_shape, layout if isinstance(layout, str) else ""

@@ -1,0 +1,72 @@
+"""Switch models from Mesh TF's own transformer machinery.
+
+A Switch Transformer is a Mesh TF Transformer (``make_bitransformer`` for the
+T5-style encoder-decoder, ``Unitransformer`` for a decoder-only LM) in which
+some feed-forward layers are Switch layers.  ``SparseLayerStack`` makes that
+choice: it is a ``LayerStack`` that replaces every ``expert_every``-th
+``DenseReluDense`` of the stack by a ``SwitchFFN``, keeping the replaced
+layer's scope name, so checkpoints read like T5's
+(``encoder/block_001/layer_001/SwitchFFN/wi/kernel``).  It plugs into the
+upstream builders through gin:
+
+  transformer.make_layer_stack.layer_stack_cls = @models.SparseLayerStack
+  SparseLayerStack.expert_every = 2          # Switch-Base/Large/XXL
+  decoder/SparseLayerStack.expert_every = 0  # e.g. a dense decoder
+
+``expert_every=2`` makes feed-forward layers 1, 3, 5, ... sparse (the layout
+of the released checkpoints: Hugging Face's ``sparse_step`` 2, flaxformer's
+MIXED); ``1`` makes all of them sparse (Switch-C); ``0`` none.
+"""
+import gin
+from mesh_tensorflow.transformer import transformer
+from mesh_tensorflow.transformer import transformer_layers
+from mesh_tensorflow.transformer import utils as mtf_utils
+
+from switch_mtf import layers
+from switch_mtf.errors import ConfigError
+
+
+@gin.configurable
+class SparseLayerStack(transformer.LayerStack):
+  """A LayerStack whose every ``expert_every``-th feed-forward layer is a
+  Switch layer (configured by gin: ``SwitchFFN.*``, scoped ``encoder/`` or
+  ``decoder/`` as usual)."""
+
+  def __init__(self, layers_list, expert_every=2, **kwargs):
+    if not isinstance(expert_every, int) or expert_every < 0:
+      raise ConfigError(
+          "SparseLayerStack.expert_every=%r must be an integer >= 0 (2: every "
+          "other feed-forward layer, 1: all, 0: none)" % (expert_every,))
+    self.expert_every = expert_every
+    if expert_every:
+      replaced = []
+      ffn_index = 0
+      for layer in layers_list:
+        if isinstance(layer, transformer_layers.DenseReluDense):
+          if ffn_index % expert_every == expert_every - 1:
+            switch = layers.SwitchFFN()
+            switch.set_name(layer.name)
+            layer = switch
+          ffn_index += 1
+        replaced.append(layer)
+      layers_list = replaced
+    super(SparseLayerStack, self).__init__(layers_list, **kwargs)
+
+
+def build_model(model_type, vocab_size, layout=None, mesh_shape=None):
+  """Builds the gin-configured model (Python objects only, no graph).
+
+  The same call Mesh TF's ``utils.run`` makes, so what is counted or trained
+  is exactly what gin describes.
+  """
+  return mtf_utils.build_model(
+      model_type=model_type, input_vocab_size=vocab_size,
+      output_vocab_size=vocab_size, layout_rules=layout,
+      mesh_shape=mesh_shape)
+
+
+def stacks(model):
+  """``[(name, Unitransformer)]`` of a Bitransformer or Unitransformer."""
+  if isinstance(model, transformer.Bitransformer):
+    return [("encoder", model.encoder), ("decoder", model.decoder)]
+  return [("decoder" if model.autoregressive else "encoder", model)]

@@ -1,0 +1,201 @@
+"""Model presets, layouts and accounting (the models issue's tests)."""
+import glob
+import os
+
+import mesh_tensorflow as mtf
+import numpy as np
+import pytest
+
+from switch_mtf import accounting
+from switch_mtf import config
+from switch_mtf import layout as layout_lib
+from switch_mtf import mesh_program
+from switch_mtf import models
+from switch_mtf.errors import ConfigError
+
+GIN = config.gin_dir()
+INCLUDES = {"models/common.gin", "models/switch.gin",
+            "models/released/common.gin"}
+PRESETS = sorted(
+    os.path.relpath(p, GIN) for p in glob.glob(os.path.join(GIN, "models",
+                                                           "**", "*.gin"),
+                                               recursive=True)
+    if os.path.relpath(p, GIN) not in INCLUDES)
+LAYOUTS = sorted(os.path.relpath(p, GIN)
+                 for p in glob.glob(os.path.join(GIN, "layouts", "*.gin")))
+SPAN = {"inputs": 512, "targets": 114}
+# Pod layouts and the Table 9 model each is meant for (the others: Base).
+LAYOUT_MODELS = {
+    "layouts/tpu_v3_512_ep_mp_dp.gin": "models/switch_xxl_128.gin",
+    "layouts/tpu_v3_2048_ep_dp.gin": "models/switch_c_2048.gin",
+}
+
+
+def _count(files, *params, vocab=32100, lengths=None, batch=128):
+  config.parse([files] if isinstance(files, str) else files, params)
+  mesh_shape, layout = config.mesh_and_layout()
+  return accounting.count(config.query("utils.run.model_type"), vocab,
+                          lengths or SPAN, batch, layout=layout,
+                          mesh_shape=mesh_shape)
+
+
+@pytest.mark.parametrize("preset,params,flops", [
+    ("models/t5_base.gin", 223e6, 124e9),
+    ("models/t5_large.gin", 739e6, 425e9),
+    ("models/t5_xxl.gin", 11e9, 6.3e12),
+    ("models/switch_base_128.gin", 7.4e9, 124e9),
+    ("models/switch_xxl_128.gin", 395e9, 6.3e12),
+    ("models/switch_c_2048.gin", 1571e9, 890e9),
+])
+def test_table_9_within_2_percent(preset, params, flops):
+  report = _count(preset)
+  assert report.total_parameters == pytest.approx(params, rel=0.02)
+  assert report.flops_per_sequence == pytest.approx(flops, rel=0.02)
+
+
+def test_switch_large_is_about_26_to_27_billion():
+  report = _count("models/switch_large_128.gin")
+  assert 26e9 <= report.total_parameters <= 27.5e9
+  assert report.flops_per_sequence == pytest.approx(425e9, rel=0.02)
+
+
+def test_switch_xxl_uses_128_experts_at_every_other_layer():
+  report = _count("models/switch_xxl_128.gin")
+  assert report.switch_layers == 24
+  wi = [v for v in report.variables if v.name.endswith("SwitchFFN/wi_0/kernel")]
+  assert {v.dims[0].size for v in wi} == {128}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_parses_and_builds(preset):
+  config.parse([preset])
+  model = models.build_model(config.query("utils.run.model_type"), 32100)
+  assert models.stacks(model)
+
+
+def test_small_presets_are_flop_matched():
+  dense = _count("models/small/dense.gin", vocab=512)
+  switch = {e: _count("models/small/switch_%d.gin" % e, vocab=512)
+            for e in (2, 4, 8, 16, 32)}
+  for e, report in switch.items():
+    assert report.flops_per_token == dense.flops_per_token, e
+    assert report.router_flops_per_token > 0
+    assert report.total_parameters > dense.total_parameters
+  params = [switch[e].total_parameters for e in (2, 4, 8, 16, 32)]
+  assert params == sorted(params)
+
+
+def test_capacity_and_per_device_numbers():
+  report = _count("models/switch_base_128.gin",
+                  "utils.run.mesh_shape = 'batch:32'",
+                  "utils.run.layout_rules = 'batch:batch,experts:batch'")
+  # 128 sequences x 512 input tokens, groups of 1024 (a multiple of 32).
+  assert (report.groups_per_batch, report.tokens_per_group) == (64, 1024)
+  assert report.expert_capacity == {"train": 10, "eval": 16}
+  experts = report.expert_parameters
+  assert report.parameters_per_device == pytest.approx(
+      report.total_parameters - experts + experts / 32, rel=1e-9)
+
+
+@pytest.mark.parametrize("layout_file", LAYOUTS)
+def test_every_layout_file_is_valid_for_its_mesh(layout_file):
+  config.parse([layout_file])
+  mesh_shape = mtf.convert_to_shape(config.query("utils.run.mesh_shape"))
+  rules = config.query("utils.run.layout_rules")
+  mesh_names = {d.name for d in mesh_shape.dims}
+  for pair in rules.split(","):
+    assert pair.split(":")[1] in mesh_names, (layout_file, pair)
+  devices = config.query("utils.run.mesh_devices")
+  if devices is not None:
+    assert len(devices) == mesh_shape.size
+  # The model the layout is meant for, with one expert per device of the
+  # expert mesh dimension (at least 8), fits it: every tensor can be laid out.
+  ways = layout_lib.split_ways(rules, mesh_shape,
+                               mtf.Dimension("experts", 1))
+  model = LAYOUT_MODELS.get(layout_file, "models/switch_base_8.gin")
+  report = _count([model, layout_file],
+                  "SwitchFFN.num_experts = %d" % max(8, ways),
+                  batch=mesh_shape.size * 8)
+  assert report.mesh_shape == config.query("utils.run.mesh_shape")
+  assert report.parameters_per_device <= report.total_parameters
+
+
+def test_impossible_layout_fails_before_any_graph():
+  # 8 experts cannot be split over 32 TPU cores.
+  with pytest.raises(ConfigError, match="'experts' \\(size 8\\) cannot be "
+                     "split 32 ways"):
+    _count(["models/switch_base_8.gin", "layouts/tpu_v3_32_ep_dp.gin"])
+
+
+def test_two_dims_of_one_tensor_on_one_mesh_dim_fail_before_any_graph():
+  with pytest.raises(ConfigError, match="both 'experts' and 'expert_hidden' "
+                     "on mesh dimension 'model'"):
+    _count("models/switch_base_8.gin",
+           "utils.run.mesh_shape = 'batch:2,model:2'",
+           "utils.run.layout_rules = 'batch:batch,experts:model,"
+           "expert_hidden:model'")
+
+
+# ---------------------------------------------------------------------------
+# Against the real graph.
+
+VOCAB = 64
+LENGTHS = {"inputs": 32, "targets": 8}
+
+
+def _model_loss(p, preset_params, batch, layout, mesh_shape, mode="train"):
+  model = models.build_model("bitransformer", VOCAB, layout, mesh_shape)
+  rng = np.random.RandomState(0)
+  feats = {k: p.import_array(
+      rng.randint(1, VOCAB, size=(batch, n)).astype(np.int32),
+      [mtf.Dimension("batch", batch), mtf.Dimension("length", n)])
+           for k, n in LENGTHS.items()}
+  del preset_params
+  _, loss = model.call_simple(
+      inputs=feats["inputs"], targets=feats["targets"], compute_loss=True,
+      mode=mode, variable_dtype=mesh_program.FLOAT32)
+  return loss
+
+
+@pytest.mark.parametrize("preset", ["models/small/dense.gin",
+                                    "models/small/switch_8.gin"])
+def test_accounting_matches_the_built_graph(preset):
+  report = _count(preset, vocab=VOCAB, lengths=LENGTHS, batch=4)
+  with mesh_program.MeshProgram() as p:
+    _model_loss(p, None, 4, "", "")
+    built = {v.name: [d.size for d in v.shape.dims]
+             for v in p.graph.trainable_variables}
+  counted = {v.name: [d.size for d in v.dims] for v in report.variables}
+  assert counted == built
+  assert report.total_parameters == sum(int(np.prod(s))
+                                        for s in built.values())
+
+
+@pytest.mark.parametrize("preset", ["models/small/switch_4.gin",
+                                    "models/small/dense.gin"])
+def test_small_preset_trains_a_step_on_two_devices(preset):
+  config.parse([preset, "layouts/cpu_ep_2.gin"])
+  layout, mesh_shape = "batch:batch,experts:batch", "batch:2"
+  with mesh_program.MeshProgram(mesh_shape, layout) as p:
+    loss = _model_loss(p, None, 4, layout, mesh_shape)
+    variables = p.graph.trainable_variables
+    grads = mtf.gradients([loss], [v.outputs[0] for v in variables])
+    updates = mtf.optimize.AdafactorOptimizer(
+        learning_rate=0.01).apply_grads(grads, variables)
+    losses = [float(o["loss"]) for o in p.run(
+        {"loss": loss}, extra_ops=updates, steps=3)]
+  assert np.isfinite(losses).all() and losses[-1] < losses[0]
+
+
+def test_same_loss_on_one_device_and_four_way_expert_parallel():
+  params = ["SwitchFFN.group_size = 32"]   # same groups on 1 and 4 devices
+  config.parse(["models/small/switch_8.gin"], params)
+  with mesh_program.MeshProgram() as p:
+    loss = _model_loss(p, None, 8, "", "")
+    one = p.run({"loss": loss}, fetch_variables=True)
+  layout, mesh_shape = "batch:batch,experts:batch", "batch:4"
+  config.parse(["models/small/switch_8.gin", "layouts/cpu_ep_4.gin"], params)
+  with mesh_program.MeshProgram(mesh_shape, layout) as p:
+    loss = _model_loss(p, None, 8, layout, mesh_shape)
+    four = p.run({"loss": loss}, variable_values=one["variables"])
+  assert float(four["loss"]) == pytest.approx(float(one["loss"]), rel=1e-5)
