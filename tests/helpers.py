@@ -61,7 +61,8 @@ def run_switch(tokens, config, router=None, train=False, mesh_shape="",
     if weights:
       values = {k + "/kernel": v for k, v in weights.items()}
     out = p.run(fetches, variable_values=values)
-  for key in ("probs", "logits"):  # [outer, groups, group, E] -> [b, l, E]
-    out[key] = out[key].reshape(b, l, -1)
+  for key in ("probs", "logits", "y", "grad/x"):  # -> [b, l, ...]
+    if key in out:
+      out[key] = out[key].reshape(b, l, -1)
   out["weights"] = {k[2:]: v for k, v in out.items() if k.startswith("w/")}
   return out
