@@ -231,6 +231,24 @@ class GatherDispatcher(_Dispatcher):
       merged = mtf.minimum(merged, other)
     self._merged_token_of_slot = merged
 
+  def filled_slots(self):
+    """float ``lead + [experts, batch_unsplit, C]``: 1 where a token owns the
+    slot (in the experts-split layout the experts compute in)."""
+    r = self._routing
+    num_lead, group_size = len(self._lead), r.group_dim.size
+
+    def _fn(token_of_slot):
+      groups = tf.shape(token_of_slot)[num_lead + 1]
+      return tf.cast(token_of_slot < groups * group_size, tf.float32)
+
+    tos = self._merged_token_of_slot
+    filled = mtf.slicewise(_fn, [tos], output_shape=tos.shape,
+                           output_dtype=tf.float32,
+                           splittable_dims=self._lead + [self._groups_dim],
+                           grad_function=0, name="filled_slots")
+    return mtf.reshape(filled, self._lead + [
+        self._experts_dim, self._batch_unsplit_dim, r.capacity_dim])
+
   def dispatch(self, inputs):
     slots = _tokens_to_slots(
         inputs, self._merged_token_of_slot, self._slot_of_token,

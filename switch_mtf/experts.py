@@ -8,6 +8,7 @@ Each expert's kernels are initialized with the expert's own fan-in (d_model
 for wi, expert_hidden for wo), not E x fan-in.
 """
 import mesh_tensorflow as mtf
+import tensorflow.compat.v1 as tf
 
 from switch_mtf.errors import ConfigError
 
@@ -62,3 +63,75 @@ def expert_feed_forward(x, experts_dim, hidden_dim, output_dim, activation,
       h, output_dim, reduced_dims=[hidden_dim], expert_dims=[experts_dim],
       use_bias=False, variable_dtype=variable_dtype,
       kernel_initializer=initializer, name="wo")
+
+
+def expert_feed_forward_filled(x, filled, experts_dim, hidden_dim, output_dim,
+                               activation, variable_dtype, init_scale):
+  """``expert_feed_forward`` computed on the filled slots only.
+
+  Every expert has ``capacity`` slots per group, but under a capacity factor
+  > 1 some are always empty (their output is never read: no token owns
+  them).  Here each device gathers the filled rows of each of its experts,
+  runs the expert on those rows only and scatters the results back; empty
+  slots get 0.  Same variables, same outputs and gradients as
+  ``expert_feed_forward`` (empty slots contribute nothing to either), about
+  1/capacity_factor of its matmul FLOPs.
+
+  Requirements (the caller falls back to ``expert_feed_forward``
+  otherwise): no dims before ``experts`` in ``x``, d_model and expert_hidden
+  not split across devices, no expert dropout.
+
+  Args:
+    x: ``[experts, batch_unsplit, expert_capacity, d_model]``.
+    filled: float ``[experts, batch_unsplit, expert_capacity]``, 1 where a
+      token owns the slot.
+    experts_dim, hidden_dim, output_dim, activation, variable_dtype,
+      init_scale: as in expert_feed_forward.
+  """
+  check_activation(activation)
+  model_dim = x.shape.dims[-1]
+  initializer = mtf.layers.VarianceScalingInitializer(scale=init_scale)
+  factors = ACTIVATIONS[activation]
+  names = ["wi"] if len(factors) == 1 else ["wi_%d" % i
+                                            for i in range(len(factors))]
+  kernels = [mtf.layers.get_dense_kernel_weights(
+      x, [hidden_dim], [model_dim], [experts_dim], initializer, name=n,
+      variable_dtype=variable_dtype) for n in names]
+  kernels.append(mtf.layers.get_dense_kernel_weights(
+      x, [output_dim], [hidden_dim], [experts_dim], initializer, name="wo",
+      variable_dtype=variable_dtype))
+  activations = [_TF_ACTIVATIONS[f] for f in factors]
+
+  def _fn(xs, mask, *weights):
+    num_local = xs.shape[0]  # static: the slice shape
+    rows = tf.reshape(xs, [num_local, -1, xs.shape[-1]])
+    mask = tf.reshape(mask, [num_local, -1])
+    where = tf.where(mask > 0.5)                      # [n, 2], by expert
+    counts = tf.reduce_sum(tf.cast(mask > 0.5, tf.int32), axis=1)
+    picked = tf.split(tf.gather_nd(rows, where), counts, num=num_local)
+    outputs = []
+    for e in range(num_local):
+      h = None
+      for act, w in zip(activations, weights[:-1]):
+        factor = act(tf.matmul(picked[e], w[e]))
+        h = factor if h is None else h * factor
+      outputs.append(tf.matmul(h, weights[-1][e]))
+    scattered = tf.scatter_nd(where, tf.concat(outputs, 0),
+                              tf.shape(rows, out_type=tf.int64))
+    return tf.reshape(scattered, tf.shape(xs))
+
+  out_shape = mtf.Shape(x.shape.dims[:-1] + [output_dim])
+  return mtf.slicewise(
+      _fn, [x, mtf.cast(filled, x.dtype)] + kernels, output_shape=out_shape,
+      output_dtype=x.dtype, splittable_dims=[experts_dim],
+      name="expert_feed_forward_filled")
+
+
+def _gelu_tanh(x):
+  return 0.5 * x * (1.0 + tf.tanh(0.7978845608028654
+                                  * (x + 0.044715 * x * x * x)))
+
+
+# The tf functions of ACTIVATIONS' factors (mtf.gelu is the tanh form).
+_TF_ACTIVATIONS = {"relu": tf.nn.relu, "gelu": _gelu_tanh,
+                   "linear": tf.identity}

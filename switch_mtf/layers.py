@@ -55,7 +55,9 @@ class SwitchConfig:
     init_scale: truncated-normal fan-in scale of all kernels, router
       included (paper §2.4: 0.1).
     dispatch: "einsum" (the paper's one-hot matmuls, for TPU) or "gather"
-      (index-based, for CPU/GPU).  Same results.
+      (index-based, for CPU/GPU; the experts then also compute only on the
+      slots that hold a token when they can, see
+      experts.expert_feed_forward_filled).  Same results.
   """
   num_experts: int = 8
   hidden_size: int = 2048
@@ -183,9 +185,19 @@ def switch_feed_forward(x, config, router, train, variable_dtype,
   dispatcher = dispatch_lib.make_dispatcher(
       config.dispatch, result, groups_dim, experts_dim, batch_unsplit_dim)
   expert_inputs = dispatcher.dispatch(inputs)
-  expert_outputs = experts_lib.expert_feed_forward(
-      expert_inputs, experts_dim, hidden_dim, output_dim, config.activation,
-      config.expert_dropout_rate, train, variable_dtype, config.init_scale)
+  compute_filled_only = (
+      config.dispatch == "gather" and not lead
+      and layout_lib.split_ways(layout, mesh_shape, model_dim) == 1
+      and layout_lib.split_ways(layout, mesh_shape, hidden_dim) == 1
+      and not (train and config.expert_dropout_rate > 0))
+  if compute_filled_only:
+    expert_outputs = experts_lib.expert_feed_forward_filled(
+        expert_inputs, dispatcher.filled_slots(), experts_dim, hidden_dim,
+        output_dim, config.activation, variable_dtype, config.init_scale)
+  else:
+    expert_outputs = experts_lib.expert_feed_forward(
+        expert_inputs, experts_dim, hidden_dim, output_dim, config.activation,
+        config.expert_dropout_rate, train, variable_dtype, config.init_scale)
   outputs = dispatcher.combine(expert_outputs)
   outputs = mtf.reshape(outputs, batch_and_length_dims + [output_dim])
   return outputs, result
