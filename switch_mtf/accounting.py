@@ -20,6 +20,7 @@ import typing
 import mesh_tensorflow as mtf
 from mesh_tensorflow.transformer import transformer_layers
 
+from switch_mtf import attention as attention_lib
 from switch_mtf import capacity as capacity_lib
 from switch_mtf import layers
 from switch_mtf import layout as layout_lib
@@ -105,6 +106,19 @@ def _ffn_variables(hidden, activation, scope, model_dim, expert_dims=()):
   return out
 
 
+def _switch_variables(config, scope, model_dim, output_dim):
+  """Router and expert kernels of a Switch layer, and FLOPs of one expert."""
+  experts = _dim("experts", config.num_experts)
+  weights = _ffn_variables(
+      config.hidden_size, layers.experts_lib.ACTIVATIONS[config.activation],
+      scope, model_dim, [experts])
+  weights[-1] = Variable(weights[-1].name, weights[-1].dims[:-1] + [output_dim])
+  router = Variable(scope + "/router/kernel",
+                    [model_dim, _dim("expert_unsplit", config.num_experts)])
+  per_expert = sum(w.size for w in weights) // config.num_experts
+  return [router] + weights, 2 * per_expert
+
+
 def count_stack(stack, model_dim):
   """Variables (named as in the graph) and per-token FLOPs of one
   Unitransformer's layer stack."""
@@ -115,21 +129,32 @@ def count_stack(stack, model_dim):
     scope = "%s/%s" % (stack.name, layer.name or "layer_%03d" % index)
     result.variables.append(Variable(scope + "/rms_norm/scale", [model_dim]))
     if isinstance(layer, layers.SwitchFFN):
-      config = layer.config
-      experts = _dim("experts", config.num_experts)
-      weights = _ffn_variables(config.hidden_size,
-                               layers.experts_lib.ACTIVATIONS[
-                                   config.activation],
-                               scope + "/SwitchFFN", model_dim, [experts])
-      result.variables.append(Variable(
-          scope + "/SwitchFFN/router/kernel",
-          [model_dim, _dim("expert_unsplit", config.num_experts)]))
+      weights, expert_flops = _switch_variables(
+          layer.config, scope + "/SwitchFFN", model_dim, model_dim)
       result.variables += weights
-      per_expert = sum(w.size for w in weights) // config.num_experts
       chosen = 2 if isinstance(layer.router, routing.Top2Router) else 1
-      result.flops_per_token += 2 * per_expert * chosen
-      result.router_flops_per_token += 2 * model_dim.size * config.num_experts
+      result.flops_per_token += expert_flops * chosen
+      result.router_flops_per_token += (
+          2 * model_dim.size * layer.config.num_experts)
       result.switch_layers.append(layer)
+    elif isinstance(layer, attention_lib.SwitchSelfAttention):
+      attn = scope + "/SwitchSelfAttention"
+      combined = _dim("heads", layer.num_heads * layer.key_value_size)
+      for part in ("q_experts", "kv_experts"):
+        weights, expert_flops = _switch_variables(
+            layer.config, attn + "/" + part, model_dim, combined)
+        result.variables += weights
+        result.flops_per_token += expert_flops
+        result.router_flops_per_token += (
+            2 * model_dim.size * layer.config.num_experts)
+      result.variables.append(Variable(attn + "/o", [combined, model_dim]))
+      result.flops_per_token += 2 * combined.size * model_dim.size
+      biases = [v for v in _attention_variables(layer, attn, model_dim,
+                                                shared_biases)
+                if v.name.endswith("relative_attention_bias")]
+      result.variables += biases
+      result.attention_width = combined.size
+      result.attention_layers += 1
     elif isinstance(layer, transformer_layers.DenseReluDense):
       if layer.use_bias:
         raise ConfigError("accounting does not support DenseReluDense biases")

@@ -9,6 +9,7 @@ paths work too.
 import os
 
 import gin
+import mesh_tensorflow as mtf
 import mesh_tensorflow.transformer.utils  # noqa: F401  (registers utils.run)
 import pkg_resources
 
@@ -97,4 +98,12 @@ def mesh_and_layout():
   layout = query("utils.run.layout_rules", "")
   if not isinstance(mesh_shape, str):
     mesh_shape = ""
+  devices = query("utils.run.mesh_devices")
+  if mesh_shape and devices is not None:
+    size = mtf.convert_to_shape(mesh_shape).size
+    if len(devices) != size:
+      raise ConfigError(
+          "utils.run.mesh_shape %r needs %d devices but utils.run.mesh_devices "
+          "lists %d: list one device per mesh position (\"\" for a virtual CPU "
+          "device) or shrink the mesh" % (mesh_shape, size, len(devices)))
   return mesh_shape, layout if isinstance(layout, str) else ""

@@ -200,6 +200,8 @@ def switch_feed_forward(x, config, router, train, variable_dtype,
         config.expert_dropout_rate, train, variable_dtype, config.init_scale)
   outputs = dispatcher.combine(expert_outputs)
   outputs = mtf.reshape(outputs, batch_and_length_dims + [output_dim])
+  scope = tf.get_variable_scope().name
+  _ROUTER_METRICS.setdefault(x.mesh.graph, {})[scope] = result.metrics
   return outputs, result
 
 
@@ -266,8 +268,6 @@ class SwitchFFN(transformer.TransformerLayer):
         num_microbatches=context.num_microbatches or 1)
     if context.train and context.losses is not None:
       context.losses.append(mtf.cast(result.loss, context.activation_dtype))
-    scope = tf.get_variable_scope().name
-    _ROUTER_METRICS.setdefault(x.mesh.graph, {})[scope] = result.metrics
     if not has_length:
       y = mtf.reshape(y, x_shape)
     return y

@@ -120,6 +120,29 @@ def test_every_layout_file_is_valid_for_its_mesh(layout_file):
   assert report.parameters_per_device <= report.total_parameters
 
 
+def test_a_mesh_larger_than_its_devices_is_one_clear_error():
+  config.parse(["models/switch_base_8.gin", "layouts/cpu_ep_2.gin"],
+               ["utils.run.mesh_shape = 'batch:4'"])
+  with pytest.raises(ConfigError, match="'batch:4' needs 4 devices but "
+                     "utils.run.mesh_devices lists 2"):
+    config.mesh_and_layout()
+
+
+def test_decoder_only_lm_with_switch_layers():
+  report = _count("models/small/switch_8.gin", "utils.run.model_type = 'lm'",
+                  vocab=VOCAB, lengths={"inputs": 0, "targets": 32}, batch=4)
+  assert report.switch_layers == 1
+  with mesh_program.MeshProgram() as p:
+    model = models.build_model("lm", VOCAB)
+    dims = [mtf.Dimension("batch", 4), mtf.Dimension("length", 32)]
+    targets = p.import_array(np.ones((4, 32), np.int32), dims)
+    model.call_simple(inputs=targets, targets=targets, compute_loss=True,
+                      mode="train", variable_dtype=mesh_program.FLOAT32)
+    built = {v.name: [d.size for d in v.shape.dims]
+             for v in p.graph.trainable_variables}
+  assert {v.name: [d.size for d in v.dims] for v in report.variables} == built
+
+
 def test_impossible_layout_fails_before_any_graph():
   # 8 experts cannot be split over 32 TPU cores.
   with pytest.raises(ConfigError, match="'experts' \\(size 8\\) cannot be "
@@ -171,8 +194,10 @@ def test_accounting_matches_the_built_graph(preset):
                                         for s in built.values())
 
 
-@pytest.mark.parametrize("preset", ["models/small/switch_4.gin",
-                                    "models/small/dense.gin"])
+SMALL = sorted(p for p in PRESETS if p.startswith("models/small/"))
+
+
+@pytest.mark.parametrize("preset", SMALL)
 def test_small_preset_trains_a_step_on_two_devices(preset):
   config.parse([preset, "layouts/cpu_ep_2.gin"])
   layout, mesh_shape = "batch:batch,experts:batch", "batch:2"

@@ -1,0 +1,57 @@
+"""Switch attention (Appendix A)."""
+import mesh_tensorflow as mtf
+import numpy as np
+
+from switch_mtf import accounting
+from switch_mtf import config
+from switch_mtf import layers
+from switch_mtf import mesh_program
+from switch_mtf import models
+
+VOCAB = 64
+PARAMS = [
+    "utils.run.model_type = 'lm'",
+    "transformer.make_layer_stack.layers = ["
+    "@attention.SwitchSelfAttention, @transformer_layers.DenseReluDense]",
+    "SwitchSelfAttention.num_experts = 4",
+    "SwitchSelfAttention.hidden_size = 64",
+    "SwitchSelfAttention.group_size = 64",
+    "Unitransformer.max_length = 32",
+]
+
+
+def _lm_loss(p, layout="", mesh_shape=""):
+  model = models.build_model("lm", VOCAB, layout, mesh_shape)
+  dims = [mtf.Dimension("batch", 4), mtf.Dimension("length", 32)]
+  targets = p.import_array(
+      np.random.RandomState(0).randint(1, VOCAB, (4, 32)).astype(np.int32),
+      dims)
+  inputs = mtf.shift(targets, offset=1, dim=dims[1], wrap=False)
+  _, loss = model.call_simple(inputs=inputs, targets=targets,
+                              compute_loss=True, mode="train",
+                              variable_dtype=mesh_program.FLOAT32)
+  return loss
+
+
+def test_switch_attention_lm_trains_on_two_devices_and_counts_right():
+  config.parse(["models/small/dense.gin", "layouts/cpu_ep_2.gin"], PARAMS)
+  layout, mesh_shape = "batch:batch,experts:batch", "batch:2"
+  report = accounting.count("lm", VOCAB, {"inputs": 0, "targets": 32}, 4,
+                            layout=layout, mesh_shape=mesh_shape)
+  with mesh_program.MeshProgram(mesh_shape, layout) as p:
+    loss = _lm_loss(p, layout, mesh_shape)
+    variables = p.graph.trainable_variables
+    built = {v.name: [d.size for d in v.shape.dims] for v in variables}
+    routers = layers.router_metrics(p.graph)
+    grads = mtf.gradients([loss], [v.outputs[0] for v in variables])
+    updates = mtf.optimize.AdafactorOptimizer(
+        learning_rate=0.02).apply_grads(grads, variables)
+    losses = [float(o["loss"]) for o in p.run({"loss": loss},
+                                              extra_ops=updates, steps=8)]
+  # Two Switch layers (Q and the shared K/V) per attention layer.
+  assert len(routers) == 4
+  assert any(n.endswith("q_experts") for n in routers)
+  assert any("kv_experts/wi/kernel" in n for n in built)
+  assert not any(n.endswith("SwitchSelfAttention/q") for n in built)
+  assert {v.name: [d.size for d in v.dims] for v in report.variables} == built
+  assert losses[-1] < losses[0]
