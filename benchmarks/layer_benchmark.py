@@ -150,8 +150,11 @@ def _write(rows, args):
                      r["experts"], r["group"], d, r["upstream"] / d,
                      r["upstream"], r["einsum"] / d, r["einsum"],
                      r["gather"] / d, r["gather"]))
-  lines += ["", "Ratios are step time / dense step time; the ideal is about "
-            "the capacity factor (1.25) plus the router."]
+  lines += ["", "Ratios are step time / dense step time.  Computing every "
+            "expert slot costs the capacity factor (1.25) times the dense "
+            "FLOPs, plus the router; the gather path computes only the slots "
+            "that hold a token (about 1.0 x dense FLOPs), plus the router and "
+            "its gathers."]
   with open(os.path.join(RESULTS, "layer_benchmark.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
   with open(os.path.join(RESULTS, "layer_benchmark.json"), "w") as f:
