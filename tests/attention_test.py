@@ -2,6 +2,7 @@
 import mesh_tensorflow as mtf
 import numpy as np
 
+import helpers
 from switch_mtf import accounting
 from switch_mtf import config
 from switch_mtf import layers
@@ -22,15 +23,8 @@ PARAMS = [
 
 def _lm_loss(p, layout="", mesh_shape=""):
   model = models.build_model("lm", VOCAB, layout, mesh_shape)
-  dims = [mtf.Dimension("batch", 4), mtf.Dimension("length", 32)]
-  targets = p.import_array(
-      np.random.RandomState(0).randint(1, VOCAB, (4, 32)).astype(np.int32),
-      dims)
-  inputs = mtf.shift(targets, offset=1, dim=dims[1], wrap=False)
-  _, loss = model.call_simple(inputs=inputs, targets=targets,
-                              compute_loss=True, mode="train",
-                              variable_dtype=mesh_program.FLOAT32)
-  return loss
+  return helpers.lm_loss(
+      p, model, np.random.RandomState(0).randint(1, VOCAB, (4, 32)))
 
 
 def test_switch_attention_lm_trains_on_two_devices_and_counts_right():

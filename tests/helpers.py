@@ -3,8 +3,8 @@ import mesh_tensorflow as mtf
 import numpy as np
 
 from switch_mtf import layers
-from switch_mtf import routing
 from switch_mtf import mesh_program
+from switch_mtf import routing
 
 KERNELS = ("router/kernel", "wi/kernel", "wi_0/kernel", "wi_1/kernel",
            "wo/kernel")
@@ -66,3 +66,15 @@ def run_switch(tokens, config, router=None, train=False, mesh_shape="",
       out[key] = out[key].reshape(b, l, -1)
   out["weights"] = {k[2:]: v for k, v in out.items() if k.startswith("w/")}
   return out
+
+
+def lm_loss(program, model, sequences):
+  """Training loss of a decoder-only ``model`` on int ``sequences`` [b, l]."""
+  dims = [mtf.Dimension("batch", sequences.shape[0]),
+          mtf.Dimension("length", sequences.shape[1])]
+  targets = program.import_array(sequences.astype(np.int32), dims)
+  inputs = mtf.shift(targets, offset=1, dim=dims[1], wrap=False)
+  _, loss = model.call_simple(inputs=inputs, targets=targets,
+                              compute_loss=True, mode="train",
+                              variable_dtype=mesh_program.FLOAT32)
+  return loss

@@ -7,6 +7,7 @@ from mesh_tensorflow.transformer import transformer_layers
 import numpy as np
 import pytest
 
+import helpers
 from switch_mtf import layers
 from switch_mtf import routing
 from switch_mtf import mesh_program
@@ -41,13 +42,7 @@ def _build_lm(p, aux_loss_coef):
       layer_stack=stack, d_model=16, input_vocab_size=VOCAB,
       output_vocab_size=VOCAB, autoregressive=True, max_length=LENGTH,
       layout=LAYOUT, mesh_shape=MESH, z_loss=0.0)
-  dims = [mtf.Dimension("batch", BATCH), mtf.Dimension("length", LENGTH)]
-  targets = p.import_array(_sequences(), dims)
-  inputs = mtf.shift(targets, offset=1, dim=dims[1], wrap=False)
-  _, loss = model.call_simple(inputs=inputs, targets=targets,
-                              compute_loss=True, mode="train",
-                              variable_dtype=mesh_program.FLOAT32)
-  return loss
+  return helpers.lm_loss(p, model, _sequences())
 
 
 def test_aux_loss_is_part_of_the_total_loss():
