@@ -31,6 +31,67 @@ def _info(args):
     print("\n".join(accounting.format_report(report)))
 
 
+def _run_setup(args):
+  """Parses gin and registers tasks; returns (run module, sequence length)."""
+  from switch_mtf import config  # pylint: disable=g-import-not-at-top
+  from switch_mtf import embedded_task  # pylint: disable=g-import-not-at-top
+  from switch_mtf import run  # pylint: disable=g-import-not-at-top
+  embedded_task.register()
+  config.parse(args.gin_file, args.gin_param)
+  run.check_task(args.task)
+  lengths = config.query("utils.run.sequence_length",
+                         {"inputs": 512, "targets": 114})
+  return run, lengths
+
+
+def _train(args):
+  run, lengths = _run_setup(args)
+  model = run.make_model(args.model_dir, args.batch_size, lengths,
+                         learning_rate=args.learning_rate,
+                         save_checkpoints_steps=args.save_checkpoints_steps,
+                         keep_checkpoint_max=args.keep_checkpoint_max)
+  start = run.latest_step(args.model_dir)
+  if start:
+    print("resuming from the checkpoint at step %d in %s"
+          % (start, args.model_dir))
+  model.train(args.task, args.steps)
+  print("trained to step %d; checkpoints in %s"
+        % (run.latest_step(args.model_dir), args.model_dir))
+
+
+def _eval(args):
+  run, lengths = _run_setup(args)
+  step = run.latest_step(args.model_dir)
+  if step is None:
+    raise ConfigError("no checkpoint in --model_dir=%s: train first"
+                      % args.model_dir)
+  model = run.make_model(args.model_dir, args.batch_size, lengths)
+  value, examples, tokens = run.neg_log_perplexity(model, args.task,
+                                                   args.split)
+  print("step %d: %s neg_log_perplexity %.4f (%d examples, %d target "
+        "tokens)" % (step, args.split, value, examples, tokens))
+
+
+def _add_run_flags(parser, train):
+  _add_gin_flags(parser)
+  parser.add_argument("--model_dir", required=True,
+                      help="checkpoints, operative_config.gin, summaries")
+  parser.add_argument("--task", default="switch_mtf_embedded_span_corruption",
+                      help="seqio task or mixture")
+  parser.add_argument("--batch_size", type=int, default=8,
+                      help="sequences per batch")
+  if train:
+    parser.add_argument("--steps", type=int, required=True,
+                        help="train until this global step")
+    parser.add_argument("--learning_rate", type=float, default=None,
+                        help="constant learning rate (default: T5's inverse "
+                        "square root schedule, 1/sqrt(max(step, 1e4)))")
+    parser.add_argument("--save_checkpoints_steps", type=int, default=100)
+    parser.add_argument("--keep_checkpoint_max", type=int, default=5)
+  else:
+    parser.add_argument("--split", default="validation")
+
+
 def _add_gin_flags(parser):
   parser.add_argument(
       "--gin_file", action="append", default=[],
@@ -72,6 +133,18 @@ def main(argv=None):
   info.add_argument("--json", action="store_true",
                     help="print the whole report as JSON")
   info.set_defaults(func=_info)
+
+  train = commands.add_parser(
+      "train", help="train (or resume training) a gin model on a seqio task "
+      "with t5's MtfModel; checkpoints every --save_checkpoints_steps")
+  _add_run_flags(train, train=True)
+  train.set_defaults(func=_train)
+
+  evaluate = commands.add_parser(
+      "eval", help="negative log perplexity of the latest checkpoint on a "
+      "split of the task (the paper's metric); works on any mesh/layout")
+  _add_run_flags(evaluate, train=False)
+  evaluate.set_defaults(func=_eval)
   args = parser.parse_args(argv)
   try:
     args.func(args)

@@ -17,6 +17,11 @@ Patches:
      position, so the same ``tf.random.set_seed`` gives the same numbers.
   3. ``mesh_tensorflow.transformer.utils`` imports ``pkg_resources``, which
      setuptools >= 82 no longer ships.  We only check for it and say what to do.
+  4. ``t5/models/__init__.py`` imports the Hugging Face model and so torch,
+     which a Mesh TF user does not need.  We register ``t5.models`` as a bare
+     package (its real directory, without running its ``__init__``), so that
+     ``t5.models.mtf_model`` and ``t5.models.mesh_transformer`` import
+     without torch.
 """
 import os
 import zlib
@@ -59,6 +64,19 @@ def _deterministic_placement_random(self, shape, tf_fn, kwargs):
   return self.slicewise(my_fn, self.laid_out_pnum())
 
 
+def _stub_t5_models():
+  import sys  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+  if "t5.models" in sys.modules:
+    return
+  import t5  # pylint: disable=g-import-not-at-top
+  package = types.ModuleType("t5.models")
+  package.__path__ = [os.path.join(os.path.dirname(t5.__file__), "models")]
+  package.__package__ = "t5.models"
+  sys.modules["t5.models"] = package
+  t5.models = package
+
+
 def apply():
   """Applies all patches (idempotent).  Must run before Mesh TF is imported."""
   global _applied
@@ -68,4 +86,5 @@ def apply():
   _check_pkg_resources()
   from mesh_tensorflow import placement_mesh_impl  # pylint: disable=g-import-not-at-top
   placement_mesh_impl.PlacementMeshImpl.random = _deterministic_placement_random
+  _stub_t5_models()
   _applied = True

@@ -39,3 +39,10 @@ def test_same_seed_same_numbers_in_separate_processes(tmp_path):
         check=True, env=env, capture_output=True)
     outputs.append(np.load(path))
   np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+def test_t5_mesh_tensorflow_model_imports_without_torch():
+  import sys  # pylint: disable=g-import-not-at-top
+  from t5.models import mtf_model  # pylint: disable=g-import-not-at-top
+  assert mtf_model.MtfModel.train
+  assert "torch" not in sys.modules

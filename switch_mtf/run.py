@@ -1,0 +1,97 @@
+"""Training and evaluation: t5's ``MtfModel`` (Estimator / TPUEstimator over
+Mesh TF) configured by switch_mtf's gin files.
+
+We reuse the upstream driver rather than write a loop: it already checkpoints
+every N steps (keeping the last K), writes ``operative_config.gin`` beside
+the checkpoints, resumes from the latest complete checkpoint (TensorFlow
+writes the ``checkpoint`` index only after a checkpoint's files are
+complete), and runs the same model function on CPU/GPU placement meshes and
+on TPU (SIMD).  ``compat`` makes ``t5.models`` importable without torch.
+"""
+import gin
+import numpy as np
+import seqio
+from t5.models import mesh_transformer
+from t5.models import mtf_model
+import tensorflow.compat.v1 as tf
+
+from switch_mtf import config
+from switch_mtf.errors import ConfigError
+
+
+def constant_learning_rate(value):
+  def schedule(step, total_train_steps=None):
+    del step, total_train_steps
+    return value
+  return schedule
+
+
+def rsqrt_learning_rate(step, total_train_steps=None, warmup_steps=10000):
+  """T5's pre-training schedule: 1/sqrt(max(step, warmup_steps))."""
+  del total_train_steps
+  return tf.math.rsqrt(tf.maximum(tf.cast(step, tf.float32),
+                                  float(warmup_steps)))
+
+
+def make_model(model_dir, batch_size, sequence_length, learning_rate=None,
+               save_checkpoints_steps=100, keep_checkpoint_max=5, tpu=None):
+  """An MtfModel on the mesh and layout of the parsed gin layout file."""
+  mesh_shape, layout = config.mesh_and_layout()
+  if not mesh_shape and tpu is None:
+    raise ConfigError("no mesh: add a layout, e.g. "
+                      "--gin_file=layouts/cpu_ep_2 (see gin/layouts/)")
+  schedule = (constant_learning_rate(learning_rate)
+              if learning_rate is not None else rsqrt_learning_rate)
+  return mtf_model.MtfModel(
+      model_dir=model_dir, tpu=tpu, mesh_shape=mesh_shape,
+      mesh_devices=config.query("utils.run.mesh_devices"),
+      layout_rules=layout,
+      model_type=config.query("utils.run.model_type", "bitransformer"),
+      batch_size=("sequences_per_batch", batch_size),
+      sequence_length=sequence_length, learning_rate_schedule=schedule,
+      save_checkpoints_steps=save_checkpoints_steps,
+      keep_checkpoint_max=keep_checkpoint_max)
+
+
+def latest_step(model_dir):
+  """The step of the last complete checkpoint in ``model_dir``, or None."""
+  path = tf.train.latest_checkpoint(model_dir)
+  return int(path.rsplit("-", 1)[1]) if path else None
+
+
+def neg_log_perplexity(model, task_name, split="validation",
+                       checkpoint_step=-1):
+  """The paper's metric: mean log-likelihood per target token (nats).
+
+  Scores every example of ``split`` with the checkpoint and divides the summed
+  log-likelihoods by the number of target tokens the model saw.
+  """
+  datasets = mesh_transformer.mesh_eval_dataset_fn(
+      task_name, model._sequence_length, split)  # pylint: disable=protected-access
+  examples = tokens = 0
+  for eval_dataset in datasets:
+    for example in eval_dataset.dataset_fn().as_numpy_iterator():
+      examples += 1
+      tokens += int(np.count_nonzero(example["targets"]))
+  # Upstream scoring treats the decoded (string) targets as token arrays
+  # twice and crashes: once to guess the number of real examples (we give
+  # it), once to add the example text to the scores (we turn that off).
+  with gin.unlock_config():
+    gin.bind_parameter("utils.score_with_estimator.num_examples", examples)
+    gin.bind_parameter("utils.save_scores.save_example_text", False)
+  scores = model.score(mixture_or_task_name=task_name,
+                       mixture_or_task_split=split,
+                       checkpoint_steps=checkpoint_step)
+  if not tokens:
+    raise ConfigError("task %r has no %s examples" % (task_name, split))
+  return float(np.sum(scores)) / tokens, examples, tokens
+
+
+def check_task(name):
+  try:
+    return seqio.get_mixture_or_task(name)
+  except ValueError:
+    raise ConfigError("unknown task or mixture %r: register it (e.g. "
+                      "--module_import=...) or use %s" % (
+                          name, "switch_mtf_embedded_span_corruption")
+                      ) from None

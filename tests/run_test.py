@@ -1,0 +1,86 @@
+"""switch-mtf train / eval through t5's MtfModel (part of the training issue):
+train on a 2-device expert-parallel mesh, resume from the last checkpoint,
+evaluate the checkpoint on a 1-device layout, and the bad-input paths."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+MODEL = ["--gin_file=models/small/switch_8",
+         "--gin_param=utils.run.sequence_length = "
+         "{'inputs': 64, 'targets': 16}"]
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, "-m", "switch_mtf.cli"] + list(args),
+                        capture_output=True, text=True, check=False)
+
+
+def _losses(output):
+  return [float(v) for v in re.findall(r"tf_loss\[([0-9.naninf]+)\]", output)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  model_dir = str(tmp_path_factory.mktemp("model"))
+  first = _cli("train", *MODEL, "--gin_file=layouts/cpu_ep_2",
+               "--model_dir", model_dir, "--steps", "4",
+               "--save_checkpoints_steps", "2")
+  assert first.returncode == 0, first.stderr[-3000:]
+  return model_dir, first
+
+
+def test_train_writes_checkpoints_and_config(trained):
+  model_dir, first = trained
+  files = os.listdir(model_dir)
+  assert "model.ckpt-4.index" in files and "model.ckpt-2.index" in files
+  assert "operative_config.gin" in files
+  with open(os.path.join(model_dir, "operative_config.gin")) as f:
+    assert "SwitchFFN.num_experts = 8" in f.read()
+  losses = _losses(first.stderr + first.stdout)
+  assert len(losses) == 4 and losses[-1] < losses[0]
+
+
+def test_resume_continues_from_the_last_checkpoint(trained):
+  model_dir, first = trained
+  second = _cli("train", *MODEL, "--gin_file=layouts/cpu_ep_2",
+                "--model_dir", model_dir, "--steps", "6",
+                "--save_checkpoints_steps", "2")
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "resuming from the checkpoint at step 4" in second.stdout
+  assert "model.ckpt-6.index" in os.listdir(model_dir)
+  resumed = _losses(second.stderr + second.stdout)
+  assert len(resumed) == 2   # steps 5 and 6 only
+  assert resumed[0] < _losses(first.stderr + first.stdout)[0]
+
+
+def test_eval_on_another_layout(trained):
+  model_dir, _ = trained
+  result = _cli("eval", *MODEL, "--gin_file=layouts/cpu_1",
+                "--model_dir", model_dir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  match = re.search(r"validation neg_log_perplexity (-?[0-9.]+) \((\d+) "
+                    r"examples, (\d+) target tokens\)", result.stdout)
+  assert match, result.stdout
+  assert -7.0 < float(match.group(1)) < 0.0
+  assert int(match.group(2)) > 100
+
+
+@pytest.mark.parametrize("args,message", [
+    (["eval", "--gin_file=layouts/cpu_1"], "no checkpoint in --model_dir"),
+    (["train", "--gin_file=layouts/cpu_1", "--task=no_such_task",
+      "--steps=1"], "unknown task or mixture 'no_such_task'"),
+    (["train", "--gin_file=layouts/cpu_1", "--steps=1",
+      "--gin_param=SwitchFFN.num_expert = 4"],
+     "doesn't have a parameter named 'num_expert'"),
+    (["train", "--steps=1"], "no mesh: add a layout"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+  result = _cli(*(args[:1] + MODEL + args[1:]),
+                "--model_dir", str(tmp_path / "m"))
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("switch-mtf: error:") and message in last, last
