@@ -1,5 +1,6 @@
 """The ``switch-mtf`` command line."""
 import argparse
+import os
 import sys
 
 from switch_mtf.errors import ConfigError
@@ -72,6 +73,38 @@ def _eval(args):
         "tokens)" % (step, args.split, value, examples, tokens))
 
 
+def _finetune(args):
+  run, lengths = _run_setup(args)
+  step = run.latest_step(args.pretrained_model_dir)
+  if step is None:
+    raise ConfigError("no checkpoint in --pretrained_model_dir=%s"
+                      % args.pretrained_model_dir)
+  bindings = run.run_file_bindings("runs/finetune") + list(args.gin_param)
+  model = run.make_model(
+      args.model_dir, args.batch_size, lengths,
+      learning_rate=args.learning_rate or 1e-3,
+      save_checkpoints_steps=args.save_checkpoints_steps,
+      keep_checkpoint_max=args.keep_checkpoint_max, gin_bindings=bindings)
+  model.finetune(args.task, args.steps, args.pretrained_model_dir)
+  print("fine-tuned from step %d to step %d; checkpoints in %s" % (
+      step, run.latest_step(args.model_dir), args.model_dir))
+
+
+def _predict(args):
+  run, lengths = _run_setup(args)
+  if run.latest_step(args.model_dir) is None:
+    raise ConfigError("no checkpoint in --model_dir=%s: train first"
+                      % args.model_dir)
+  if not os.path.isfile(args.input_file):
+    raise ConfigError("--input_file=%s does not exist" % args.input_file)
+  model = run.make_model(args.model_dir, args.batch_size, lengths,
+                         gin_bindings=args.gin_param)
+  model.predict(args.input_file, args.output_file,
+                beam_size=args.beam_size,
+                vocabulary=run.vocabulary(args.task))
+  print("wrote %s" % args.output_file)
+
+
 def _add_run_flags(parser, train):
   _add_gin_flags(parser)
   parser.add_argument("--model_dir", required=True,
@@ -82,7 +115,8 @@ def _add_run_flags(parser, train):
                       help="sequences per batch")
   if train:
     parser.add_argument("--steps", type=int, required=True,
-                        help="train until this global step")
+                        help="train: until this global step; finetune: "
+                        "this many steps after the pre-trained checkpoint")
     parser.add_argument("--learning_rate", type=float, default=None,
                         help="constant learning rate (default: T5's inverse "
                         "square root schedule, 1/sqrt(max(step, 1e4)))")
@@ -145,6 +179,23 @@ def main(argv=None):
       "split of the task (the paper's metric); works on any mesh/layout")
   _add_run_flags(evaluate, train=False)
   evaluate.set_defaults(func=_eval)
+
+  finetune = commands.add_parser(
+      "finetune", help="fine-tune a pre-trained checkpoint on a task: "
+      "dropout 0.1, expert dropout 0.4, constant learning rate 1e-3 "
+      "(gin/runs/finetune.gin)")
+  _add_run_flags(finetune, train=True)
+  finetune.add_argument("--pretrained_model_dir", required=True)
+  finetune.set_defaults(func=_finetune)
+
+  predict = commands.add_parser(
+      "predict", help="decode the lines of --input_file with the latest "
+      "checkpoint into --output_file (greedy, or beam search)")
+  _add_run_flags(predict, train=False)
+  predict.add_argument("--input_file", required=True)
+  predict.add_argument("--output_file", required=True)
+  predict.add_argument("--beam_size", type=int, default=1)
+  predict.set_defaults(func=_predict)
   args = parser.parse_args(argv)
   try:
     args.func(args)

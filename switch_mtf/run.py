@@ -34,8 +34,13 @@ def rsqrt_learning_rate(step, total_train_steps=None, warmup_steps=10000):
 
 
 def make_model(model_dir, batch_size, sequence_length, learning_rate=None,
-               save_checkpoints_steps=100, keep_checkpoint_max=5, tpu=None):
-  """An MtfModel on the mesh and layout of the parsed gin layout file."""
+               save_checkpoints_steps=100, keep_checkpoint_max=5, tpu=None,
+               gin_bindings=()):
+  """An MtfModel on the mesh and layout of the parsed gin layout file.
+
+  ``gin_bindings`` are re-applied after any operative config that MtfModel
+  parses from a model directory (fine-tuning, scoring), so they win.
+  """
   mesh_shape, layout = config.mesh_and_layout()
   if not mesh_shape and tpu is None:
     raise ConfigError("no mesh: add a layout, e.g. "
@@ -50,7 +55,19 @@ def make_model(model_dir, batch_size, sequence_length, learning_rate=None,
       batch_size=("sequences_per_batch", batch_size),
       sequence_length=sequence_length, learning_rate_schedule=schedule,
       save_checkpoints_steps=save_checkpoints_steps,
-      keep_checkpoint_max=keep_checkpoint_max)
+      keep_checkpoint_max=keep_checkpoint_max,
+      extra_gin_bindings=list(gin_bindings))
+
+
+def run_file_bindings(gin_file):
+  """The bindings of a run gin file, as strings (for ``gin_bindings``)."""
+  with open(config.resolve(gin_file)) as f:
+    return [line for line in f.read().splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def vocabulary(task_name):
+  return check_task(task_name).output_features["targets"].vocabulary
 
 
 def latest_step(model_dir):

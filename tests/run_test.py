@@ -84,3 +84,34 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
   assert "Traceback" not in result.stderr
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("switch-mtf: error:") and message in last, last
+
+
+def test_finetune_from_the_checkpoint_with_expert_dropout(trained, tmp_path):
+  model_dir, _ = trained
+  new_dir = str(tmp_path / "finetuned")
+  result = _cli("finetune", *MODEL, "--gin_file=layouts/cpu_ep_2",
+                "--pretrained_model_dir", model_dir, "--model_dir", new_dir,
+                "--steps", "2", "--save_checkpoints_steps", "2")
+  assert result.returncode == 0, result.stderr[-3000:]
+  pretrained = max(int(f.split("-")[1].split(".")[0])
+                   for f in os.listdir(model_dir) if f.endswith(".index"))
+  assert "model.ckpt-%d.index" % (pretrained + 2) in os.listdir(new_dir)
+  with open(os.path.join(new_dir, "operative_config.gin")) as f:
+    operative = f.read()
+  assert "encoder/SwitchFFN.expert_dropout_rate = 0.4" in operative
+  assert "\ndropout_rate = 0.1" in operative
+
+
+def test_predict_decodes_each_input_line(trained, tmp_path):
+  model_dir, _ = trained
+  inputs = tmp_path / "inputs.txt"
+  inputs.write_text("Gazios Gidaen was a merchant born in\nThe city of\n")
+  outputs = tmp_path / "outputs.txt"
+  result = _cli("predict", *MODEL, "--gin_file=layouts/cpu_1",
+                "--model_dir", model_dir, "--input_file", str(inputs),
+                "--output_file", str(outputs))
+  assert result.returncode == 0, result.stderr[-3000:]
+  written = [p for p in os.listdir(tmp_path) if p.startswith("outputs.txt")]
+  assert written
+  with open(tmp_path / written[0]) as f:
+    assert len(f.read().splitlines()) == 2
