@@ -73,6 +73,36 @@ def _eval(args):
         "tokens)" % (step, args.split, value, examples, tokens))
 
 
+def _train_and_eval(args):
+  _train(args)
+  args.split = "validation"
+  _eval(args)
+
+
+def _score(args):
+  run, lengths = _run_setup(args)
+  if run.latest_step(args.model_dir) is None:
+    raise ConfigError("no checkpoint in --model_dir=%s: train first"
+                      % args.model_dir)
+  for path in (args.inputs_file, args.targets_file):
+    if not os.path.isfile(path):
+      raise ConfigError("%s does not exist" % path)
+  with open(args.inputs_file) as f:
+    inputs = f.read().splitlines()
+  with open(args.targets_file) as f:
+    targets = f.read().splitlines()
+  if len(inputs) != len(targets):
+    raise ConfigError("--inputs_file has %d lines but --targets_file has %d: "
+                      "give one target per input" % (len(inputs),
+                                                     len(targets)))
+  model = run.make_model(args.model_dir, args.batch_size, lengths,
+                         gin_bindings=args.gin_param)
+  scores = run.score_strings(model, inputs, targets, args.task)
+  with open(args.output_file, "w") as f:
+    f.writelines("%.6f\n" % s for s in scores)
+  print("wrote %d log-likelihoods to %s" % (len(scores), args.output_file))
+
+
 def _finetune(args):
   run, lengths = _run_setup(args)
   step = run.latest_step(args.pretrained_model_dir)
@@ -136,6 +166,21 @@ def _add_gin_flags(parser):
       help="gin binding (repeatable), e.g. 'SwitchFFN.num_experts = 16'")
 
 
+def _checkpoint_mismatch(error):
+  """One line for a checkpoint written by a different model, else None."""
+  text = str(error)
+  markers = ("Restoring from checkpoint failed", "not found in checkpoint",
+             "assign to variable with tensor with wrong shape")
+  if not any(m in text for m in markers):
+    return None
+  detail = [line.strip() for line in text.splitlines()
+            if any(m in line for m in markers[1:])]
+  return ("the checkpoint in --model_dir was written by a different model "
+          "(%s): use a new --model_dir, or the gin files it was trained with "
+          "(its operative_config.gin)" % (detail[0][:200] if detail
+                                          else "variables differ"))
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(
       prog="switch-mtf",
@@ -180,6 +225,21 @@ def main(argv=None):
   _add_run_flags(evaluate, train=False)
   evaluate.set_defaults(func=_eval)
 
+  both = commands.add_parser(
+      "train_and_eval", help="train, then report the validation negative "
+      "log perplexity of the last checkpoint")
+  _add_run_flags(both, train=True)
+  both.set_defaults(func=_train_and_eval)
+
+  score = commands.add_parser(
+      "score", help="log-likelihood of each line of --targets_file given the "
+      "same line of --inputs_file, one number per line in --output_file")
+  _add_run_flags(score, train=False)
+  score.add_argument("--inputs_file", required=True)
+  score.add_argument("--targets_file", required=True)
+  score.add_argument("--output_file", required=True)
+  score.set_defaults(func=_score)
+
   finetune = commands.add_parser(
       "finetune", help="fine-tune a pre-trained checkpoint on a task: "
       "dropout 0.1, expert dropout 0.4, constant learning rate 1e-3 "
@@ -202,6 +262,12 @@ def main(argv=None):
   except ConfigError as e:
     # gin appends "In call to configurable ..." lines; the first line is ours.
     print("switch-mtf: error: %s" % str(e).splitlines()[0], file=sys.stderr)
+    return 2
+  except Exception as e:  # pylint: disable=broad-except
+    message = _checkpoint_mismatch(e)
+    if message is None:
+      raise
+    print("switch-mtf: error: %s" % message, file=sys.stderr)
     return 2
   except KeyboardInterrupt:
     print("switch-mtf: interrupted", file=sys.stderr)

@@ -104,6 +104,15 @@ def neg_log_perplexity(model, task_name, split="validation",
   return float(np.sum(scores)) / tokens, examples, tokens
 
 
+def score_strings(model, inputs, targets, task_name):
+  """Log-likelihood of each target string given its input string."""
+  with gin.unlock_config():
+    gin.bind_parameter("utils.score_with_estimator.num_examples", len(inputs))
+    gin.bind_parameter("utils.save_scores.save_example_text", False)
+  return model.score(inputs=inputs, targets=targets,
+                     vocabulary=vocabulary(task_name))
+
+
 def check_task(name):
   try:
     return seqio.get_mixture_or_task(name)

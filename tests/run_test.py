@@ -115,3 +115,33 @@ def test_predict_decodes_each_input_line(trained, tmp_path):
   assert written
   with open(tmp_path / written[0]) as f:
     assert len(f.read().splitlines()) == 2
+
+
+def test_a_checkpoint_of_another_model_is_one_line_and_kept(trained):
+  model_dir, _ = trained
+  before = sorted(os.listdir(model_dir))
+  result = _cli("train", "--gin_file=models/small/switch_4",
+                "--gin_param=utils.run.sequence_length = "
+                "{'inputs': 64, 'targets': 16}",
+                "--gin_file=layouts/cpu_ep_2", "--model_dir", model_dir,
+                "--steps", "20")
+  assert result.returncode == 2
+  last = result.stderr.strip().splitlines()[-1]
+  assert "written by a different model" in last and "[8," in last, last
+  assert "Traceback" not in result.stderr
+  assert sorted(os.listdir(model_dir)) == before
+
+
+def test_score_writes_one_log_likelihood_per_line(trained, tmp_path):
+  model_dir, _ = trained
+  (tmp_path / "in.txt").write_text("Gazios Gidaen was\nThe city of\n")
+  (tmp_path / "out.txt").write_text("a merchant\nKistaezi\n")
+  scores = tmp_path / "scores.txt"
+  result = _cli("score", *MODEL, "--gin_file=layouts/cpu_1",
+                "--model_dir", model_dir,
+                "--inputs_file", str(tmp_path / "in.txt"),
+                "--targets_file", str(tmp_path / "out.txt"),
+                "--output_file", str(scores))
+  assert result.returncode == 0, result.stderr[-3000:]
+  values = [float(v) for v in scores.read_text().split()]
+  assert len(values) == 2 and all(v < 0 for v in values)
