@@ -22,14 +22,15 @@ import switch_mtf.routing  # noqa: F401,E402
 
 
 def gin_dir():
-  """The packaged gin/ tree (top level of the repository)."""
+  """The gin/ tree at the top of the checkout (switch_mtf is installed
+  editable from its checkout by bin/)."""
   here = os.path.dirname(os.path.abspath(__file__))
-  for candidate in (os.path.join(here, "gin_configs"),
-                    os.path.join(os.path.dirname(here), "gin")):
-    if os.path.isdir(candidate):
-      return candidate
-  raise ConfigError("cannot find switch_mtf's gin/ directory next to %s: "
-                    "reinstall switch_mtf" % here)
+  candidate = os.path.join(os.path.dirname(here), "gin")
+  if not os.path.isdir(candidate):
+    raise ConfigError("cannot find switch_mtf's gin/ directory at %s: install "
+                      "switch_mtf editable from its checkout (pip install -e)"
+                      % candidate)
+  return candidate
 
 
 def mesh_defaults_path():
