@@ -17,7 +17,11 @@ Patches:
      position, so the same ``tf.random.set_seed`` gives the same numbers.
   3. ``mesh_tensorflow.transformer.utils`` imports ``pkg_resources``, which
      setuptools >= 82 no longer ships.  We only check for it and say what to do.
-  4. ``t5/models/__init__.py`` imports the Hugging Face model and so torch,
+  4. Mesh TF's scalar summaries (``mtf.scalar_summary``: the loss, our
+     router health) reach TensorBoard only through the TPU host call.  On
+     CPU/GPU placement meshes we also emit a ``tf.summary.scalar`` so that
+     the Estimator's summary hook writes them.
+  5. ``t5/models/__init__.py`` imports the Hugging Face model and so torch,
      which a Mesh TF user does not need.  We register ``t5.models`` as a bare
      package (its real directory, without running its ``__init__``), so that
      ``t5.models.mtf_model`` and ``t5.models.mesh_transformer`` import
@@ -64,6 +68,26 @@ def _deterministic_placement_random(self, shape, tf_fn, kwargs):
   return self.slicewise(my_fn, self.laid_out_pnum())
 
 
+def _patch_scalar_summaries():
+  import mesh_tensorflow as mtf  # pylint: disable=g-import-not-at-top
+  import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
+  original = mtf.ScalarSummaryOperation.lower
+
+  def lower(self, lowering):
+    original(self, lowering)
+    mesh_impl = lowering.mesh_impl(self)
+    if isinstance(mesh_impl, mtf.placement_mesh_impl.PlacementMeshImpl):
+      value = lowering.tensors[self.outputs[0]].to_laid_out_tensor()
+      # The mtf op name already holds the layer's scope: use it as the tag
+      # (tf.summary.scalar would prefix the lowering's name scope again).
+      summary = tf.raw_ops.ScalarSummary(
+          tags=self.name.strip("/"),
+          values=tf.cast(value.tensor_list[0], tf.float32))
+      tf.add_to_collection(tf.GraphKeys.SUMMARIES, summary)
+
+  mtf.ScalarSummaryOperation.lower = lower
+
+
 def _stub_t5_models():
   import sys  # pylint: disable=g-import-not-at-top
   import types  # pylint: disable=g-import-not-at-top
@@ -86,5 +110,6 @@ def apply():
   _check_pkg_resources()
   from mesh_tensorflow import placement_mesh_impl  # pylint: disable=g-import-not-at-top
   placement_mesh_impl.PlacementMeshImpl.random = _deterministic_placement_random
+  _patch_scalar_summaries()
   _stub_t5_models()
   _applied = True

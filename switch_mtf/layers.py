@@ -202,7 +202,21 @@ def switch_feed_forward(x, config, router, train, variable_dtype,
   outputs = mtf.reshape(outputs, batch_and_length_dims + [output_dim])
   scope = tf.get_variable_scope().name
   _ROUTER_METRICS.setdefault(x.mesh.graph, {})[scope] = result.metrics
+  if train:
+    _summarize(result.metrics)
   return outputs, result
+
+
+def _summarize(metrics):
+  """Router health as mtf scalar summaries, as upstream moe.py does; the
+  op names carry the layer's scope (".../SwitchFFN/router/aux_loss").  They
+  reach TensorBoard through the train driver (see compat.py)."""
+  for name, value in metrics.items():
+    if name == "expert_load":
+      mtf.scalar_summary("router/max_expert_load", mtf.reduce_max(value))
+      mtf.scalar_summary("router/min_expert_load", -mtf.reduce_max(-value))
+    else:
+      mtf.scalar_summary("router/" + name, value)
 
 
 @gin.configurable

@@ -56,7 +56,10 @@ def make_model(model_dir, batch_size, sequence_length, learning_rate=None,
       sequence_length=sequence_length, learning_rate_schedule=schedule,
       save_checkpoints_steps=save_checkpoints_steps,
       keep_checkpoint_max=keep_checkpoint_max,
-      extra_gin_bindings=list(gin_bindings))
+      # Scalar summaries (loss, router health of every Switch layer) go to
+      # TensorBoard through the upstream host call, on every engine.
+      extra_gin_bindings=["tpu_estimator_model_fn.tpu_summaries = True"]
+      + list(gin_bindings))
 
 
 def run_file_bindings(gin_file):

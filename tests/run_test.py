@@ -43,6 +43,22 @@ def test_train_writes_checkpoints_and_config(trained):
   assert len(losses) == 4 and losses[-1] < losses[0]
 
 
+def test_train_writes_router_health_to_tensorboard(trained):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  model_dir, _ = trained
+  tags = set()
+  for name in os.listdir(model_dir):
+    if name.startswith("events.out.tfevents"):
+      for event in tf.compat.v1.train.summary_iterator(
+          os.path.join(model_dir, name)):
+        tags.update(v.tag for v in event.summary.value)
+  for stack, layer in (("encoder", "layer_001"), ("decoder", "layer_002")):
+    for metric in ("fraction_dropped", "aux_loss", "max_expert_load",
+                   "router_entropy"):
+      assert "%s/block_001/%s/SwitchFFN/router/%s" % (
+          stack, layer, metric) in tags
+
+
 def test_resume_continues_from_the_last_checkpoint(trained):
   model_dir, first = trained
   second = _cli("train", *MODEL, "--gin_file=layouts/cpu_ep_2",
