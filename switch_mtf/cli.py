@@ -45,6 +45,15 @@ def _run_setup(args):
   return run, lengths
 
 
+def _require_checkpoint(run, model_dir):
+  """The latest checkpoint step in ``model_dir``; one line if there is none."""
+  step = run.latest_step(model_dir)
+  if step is None:
+    raise ConfigError("no checkpoint in --model_dir=%s: train first"
+                      % model_dir)
+  return step
+
+
 def _train(args):
   run, lengths = _run_setup(args)
   model = run.make_model(args.model_dir, args.batch_size, lengths,
@@ -62,10 +71,7 @@ def _train(args):
 
 def _eval(args):
   run, lengths = _run_setup(args)
-  step = run.latest_step(args.model_dir)
-  if step is None:
-    raise ConfigError("no checkpoint in --model_dir=%s: train first"
-                      % args.model_dir)
+  step = _require_checkpoint(run, args.model_dir)
   model = run.make_model(args.model_dir, args.batch_size, lengths)
   value, examples, tokens = run.neg_log_perplexity(model, args.task,
                                                    args.split)
@@ -81,9 +87,7 @@ def _train_and_eval(args):
 
 def _score(args):
   run, lengths = _run_setup(args)
-  if run.latest_step(args.model_dir) is None:
-    raise ConfigError("no checkpoint in --model_dir=%s: train first"
-                      % args.model_dir)
+  _require_checkpoint(run, args.model_dir)
   for path in (args.inputs_file, args.targets_file):
     if not os.path.isfile(path):
       raise ConfigError("%s does not exist" % path)
@@ -122,9 +126,7 @@ def _finetune(args):
 
 def _predict(args):
   run, lengths = _run_setup(args)
-  if run.latest_step(args.model_dir) is None:
-    raise ConfigError("no checkpoint in --model_dir=%s: train first"
-                      % args.model_dir)
+  _require_checkpoint(run, args.model_dir)
   if not os.path.isfile(args.input_file):
     raise ConfigError("--input_file=%s does not exist" % args.input_file)
   model = run.make_model(args.model_dir, args.batch_size, lengths,

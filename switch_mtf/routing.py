@@ -349,17 +349,23 @@ class SwitchRouter(Router):
   one slot per expert).
   """
 
+  def _priority(self, gate):
+    """Order in which tokens take slots: None = by position in the group."""
+    del gate
+    return None
+
   def _assign(self, probs, index, gate, real, capacity_dim, train):
     experts_dim = probs.shape.dims[-1]
     group_dim = index.shape.dims[-1]
     mask = mtf.one_hot(index, experts_dim) * real
     position, kept = _slots_first_come(mask, capacity_dim, group_dim,
-                                       experts_dim, real)
+                                       experts_dim, real,
+                                       priority=self._priority(gate))
     return [ExpertChoice(index, position, kept, gate * kept)]
 
 
 @gin.configurable
-class BatchPrioritizedRouter(Router):
+class BatchPrioritizedRouter(SwitchRouter):
   """Top-1 routing where, under overflow, the tokens with the highest gate
   keep their slots (instead of the earliest ones).  Riquelme et al. 2021;
   Mesh TF's ``switch_max`` and flaxformer's ``batch_prioritized_routing``.
@@ -368,13 +374,8 @@ class BatchPrioritizedRouter(Router):
   a token's output can depend on future tokens of the same group.
   """
 
-  def _assign(self, probs, index, gate, real, capacity_dim, train):
-    experts_dim = probs.shape.dims[-1]
-    group_dim = index.shape.dims[-1]
-    mask = mtf.one_hot(index, experts_dim) * real
-    position, kept = _slots_first_come(mask, capacity_dim, group_dim,
-                                       experts_dim, real, priority=gate)
-    return [ExpertChoice(index, position, kept, gate * kept)]
+  def _priority(self, gate):
+    return gate
 
 
 @gin.configurable

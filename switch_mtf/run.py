@@ -79,6 +79,16 @@ def latest_step(model_dir):
   return int(path.rsplit("-", 1)[1]) if path else None
 
 
+def _avoid_upstream_scoring_crashes(num_examples):
+  """Upstream scoring treats the decoded (string) targets as token arrays
+  twice and crashes: once to guess the number of real examples (we give it),
+  once to add the example text to the scores (we turn that off)."""
+  with gin.unlock_config():
+    gin.bind_parameter("utils.score_with_estimator.num_examples",
+                       num_examples)
+    gin.bind_parameter("utils.save_scores.save_example_text", False)
+
+
 def neg_log_perplexity(model, task_name, split="validation",
                        checkpoint_step=-1):
   """The paper's metric: mean log-likelihood per target token (nats).
@@ -93,12 +103,7 @@ def neg_log_perplexity(model, task_name, split="validation",
     for example in eval_dataset.dataset_fn().as_numpy_iterator():
       examples += 1
       tokens += int(np.count_nonzero(example["targets"]))
-  # Upstream scoring treats the decoded (string) targets as token arrays
-  # twice and crashes: once to guess the number of real examples (we give
-  # it), once to add the example text to the scores (we turn that off).
-  with gin.unlock_config():
-    gin.bind_parameter("utils.score_with_estimator.num_examples", examples)
-    gin.bind_parameter("utils.save_scores.save_example_text", False)
+  _avoid_upstream_scoring_crashes(examples)
   scores = model.score(mixture_or_task_name=task_name,
                        mixture_or_task_split=split,
                        checkpoint_steps=checkpoint_step)
@@ -109,9 +114,7 @@ def neg_log_perplexity(model, task_name, split="validation",
 
 def score_strings(model, inputs, targets, task_name):
   """Log-likelihood of each target string given its input string."""
-  with gin.unlock_config():
-    gin.bind_parameter("utils.score_with_estimator.num_examples", len(inputs))
-    gin.bind_parameter("utils.save_scores.save_example_text", False)
+  _avoid_upstream_scoring_crashes(len(inputs))
   return model.score(inputs=inputs, targets=targets,
                      vocabulary=vocabulary(task_name))
 
