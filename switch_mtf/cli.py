@@ -37,7 +37,19 @@ def _run_setup(args):
   from switch_mtf import config  # pylint: disable=g-import-not-at-top
   from switch_mtf import embedded_task  # pylint: disable=g-import-not-at-top
   from switch_mtf import run  # pylint: disable=g-import-not-at-top
+  import logging  # pylint: disable=g-import-not-at-top
+  import importlib  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  # TensorFlow's deprecation warnings for Mesh TF's TF1 code are not the
+  # user's business; our progress lines are.
+  tf.get_logger().setLevel(logging.ERROR)
+  logging.getLogger("absl").setLevel(logging.ERROR)
   embedded_task.register()
+  for name in args.module_import:
+    try:
+      importlib.import_module(name)
+    except ImportError as e:
+      raise ConfigError("--module_import=%s: %s" % (name, e)) from None
   config.parse(args.gin_file, args.gin_param)
   run.check_task(args.task)
   lengths = config.query("utils.run.sequence_length",
@@ -54,17 +66,23 @@ def _require_checkpoint(run, model_dir):
   return step
 
 
+def _make_model(run, args, lengths, **kwargs):
+  return run.make_model(args.model_dir, args.batch_size, lengths,
+                        tpu=args.tpu, tpu_topology=args.tpu_topology,
+                        **kwargs)
+
+
 def _train(args):
   run, lengths = _run_setup(args)
-  model = run.make_model(args.model_dir, args.batch_size, lengths,
-                         learning_rate=args.learning_rate,
-                         save_checkpoints_steps=args.save_checkpoints_steps,
-                         keep_checkpoint_max=args.keep_checkpoint_max)
+  model = _make_model(run, args, lengths, learning_rate=args.learning_rate,
+                      save_checkpoints_steps=args.save_checkpoints_steps,
+                      keep_checkpoint_max=args.keep_checkpoint_max)
   start = run.latest_step(args.model_dir)
   if start:
     print("resuming from the checkpoint at step %d in %s"
           % (start, args.model_dir))
-  model.train(args.task, args.steps)
+  run.train(model, args.task, args.steps, seed=args.seed,
+            every=args.log_every, router_every=args.router_every)
   print("trained to step %d; checkpoints in %s"
         % (run.latest_step(args.model_dir), args.model_dir))
 
@@ -72,7 +90,7 @@ def _train(args):
 def _eval(args):
   run, lengths = _run_setup(args)
   step = _require_checkpoint(run, args.model_dir)
-  model = run.make_model(args.model_dir, args.batch_size, lengths)
+  model = _make_model(run, args, lengths)
   value, examples, tokens = run.neg_log_perplexity(model, args.task,
                                                    args.split)
   print("step %d: %s neg_log_perplexity %.4f (%d examples, %d target "
@@ -99,8 +117,7 @@ def _score(args):
     raise ConfigError("--inputs_file has %d lines but --targets_file has %d: "
                       "give one target per input" % (len(inputs),
                                                      len(targets)))
-  model = run.make_model(args.model_dir, args.batch_size, lengths,
-                         gin_bindings=args.gin_param)
+  model = _make_model(run, args, lengths, gin_bindings=args.gin_param)
   scores = run.score_strings(model, inputs, targets, args.task)
   with open(args.output_file, "w") as f:
     f.writelines("%.6f\n" % s for s in scores)
@@ -114,12 +131,13 @@ def _finetune(args):
     raise ConfigError("no checkpoint in --pretrained_model_dir=%s"
                       % args.pretrained_model_dir)
   bindings = run.run_file_bindings("runs/finetune") + list(args.gin_param)
-  model = run.make_model(
-      args.model_dir, args.batch_size, lengths,
-      learning_rate=args.learning_rate or 1e-3,
+  model = _make_model(
+      run, args, lengths, learning_rate=args.learning_rate or 1e-3,
       save_checkpoints_steps=args.save_checkpoints_steps,
       keep_checkpoint_max=args.keep_checkpoint_max, gin_bindings=bindings)
-  model.finetune(args.task, args.steps, args.pretrained_model_dir)
+  run.finetune(model, args.task, args.steps, args.pretrained_model_dir,
+               seed=args.seed, every=args.log_every,
+               router_every=args.router_every)
   print("fine-tuned from step %d to step %d; checkpoints in %s" % (
       step, run.latest_step(args.model_dir), args.model_dir))
 
@@ -129,8 +147,7 @@ def _predict(args):
   _require_checkpoint(run, args.model_dir)
   if not os.path.isfile(args.input_file):
     raise ConfigError("--input_file=%s does not exist" % args.input_file)
-  model = run.make_model(args.model_dir, args.batch_size, lengths,
-                         gin_bindings=args.gin_param)
+  model = _make_model(run, args, lengths, gin_bindings=args.gin_param)
   model.predict(args.input_file, args.output_file,
                 beam_size=args.beam_size,
                 vocabulary=run.vocabulary(args.task))
@@ -143,9 +160,25 @@ def _add_run_flags(parser, train):
                       help="checkpoints, operative_config.gin, summaries")
   parser.add_argument("--task", default="switch_mtf_embedded_span_corruption",
                       help="seqio task or mixture")
+  parser.add_argument("--module_import", action="append", default=[],
+                      help="Python module to import first (repeatable), e.g. "
+                      "one that registers your seqio tasks")
   parser.add_argument("--batch_size", type=int, default=8,
                       help="sequences per batch")
+  parser.add_argument("--tpu", default=None,
+                      help="TPU name or address: run with TPUEstimator and "
+                      "the SIMD mesh (use a tpu_* layout)")
+  parser.add_argument("--tpu_topology", default=None,
+                      help="TPU topology, e.g. 4x4 (TPU runs only)")
   if train:
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the data order, the initial weights and "
+                        "the router/dropout noise: same seed, same losses")
+    parser.add_argument("--log_every", type=int, default=10,
+                        help="print a progress line every N steps")
+    parser.add_argument("--router_every", type=int, default=100,
+                        help="print router health per Switch layer every N "
+                        "steps (0: never)")
     parser.add_argument("--steps", type=int, required=True,
                         help="train: until this global step; finetune: "
                         "this many steps after the pre-trained checkpoint")
@@ -266,6 +299,9 @@ def main(argv=None):
     print("switch-mtf: error: %s" % str(e).splitlines()[0], file=sys.stderr)
     return 2
   except Exception as e:  # pylint: disable=broad-except
+    if type(e).__name__ == "TrainingDiverged":   # NaN: not a config error
+      print("switch-mtf: error: %s" % e, file=sys.stderr)
+      return 1
     message = _checkpoint_mismatch(e)
     if message is None:
       raise

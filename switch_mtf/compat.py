@@ -15,19 +15,36 @@ Patches:
      seed gave different jitter/dropout in every run.  We replace it with a
      seed derived from a per-lowering counter and a stable CRC of the slice
      position, so the same ``tf.random.set_seed`` gives the same numbers.
+     Where the graph has a global step (the Estimator path), the ops are
+     stateless and also keyed by the step, so a run resumed from a checkpoint
+     draws the numbers the uninterrupted run would have drawn.
+  2b. Mesh TF's train op increments the global step with no ordering against
+     the model's reads of it (tf.Print shows the race: step 4 printed as 3),
+     so the learning rate and the step-keyed random numbers could see either
+     step.  ``stable_global_step()`` is one read of the step that
+     ``order_step_increment()`` (called by our training hook before the graph
+     is finalized) makes the increment wait for.
   3. ``mesh_tensorflow.transformer.utils`` imports ``pkg_resources``, which
      setuptools >= 82 no longer ships.  We only check for it and say what to do.
   4. Mesh TF's scalar summaries (``mtf.scalar_summary``: the loss, our
      router health) reach TensorBoard only through the TPU host call.  On
      CPU/GPU placement meshes we also emit a ``tf.summary.scalar`` so that
      the Estimator's summary hook writes them.
-  5. ``t5/models/__init__.py`` imports the Hugging Face model and so torch,
+  5. Mesh TF's ``get_estimator`` builds a RunConfig without
+     ``tf_random_seed``, so variable initializers differ in every run;
+     ``seed_estimator`` sets it.
+  7. TensorFlow's ``CheckpointSaverHook`` saves again at the start of every
+     run, also when the restored checkpoint is that very step: a resumed run
+     rewrote the last good checkpoint, and a kill during that rewrite could
+     damage it.  We skip that save when the latest checkpoint is the step.
+  6. ``t5/models/__init__.py`` imports the Hugging Face model and so torch,
      which a Mesh TF user does not need.  We register ``t5.models`` as a bare
      package (its real directory, without running its ``__init__``), so that
      ``t5.models.mtf_model`` and ``t5.models.mesh_transformer`` import
      without torch.
 """
 import os
+import weakref
 import zlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -52,18 +69,99 @@ def _check_pkg_resources():
         "removed: run `pip install 'setuptools<82'` in this environment.") from e
 
 
+_STEP_READS = weakref.WeakKeyDictionary()   # graph -> stable step tensor
+_SCALARS = weakref.WeakKeyDictionary()      # graph -> {tag: lowered scalar}
+
+
+def stable_global_step():
+  """One int64 read of the global step per graph (None without one); the
+  step increment waits for it once ``order_step_increment`` has run."""
+  import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
+  graph = tf.get_default_graph()
+  if graph not in _STEP_READS:
+    step = tf.train.get_global_step(graph)
+    if step is None:
+      return None
+    # Outside loops, control dependencies and device scopes of the caller.
+    with tf.init_scope(), tf.device(None):
+      _STEP_READS[graph] = tf.identity(tf.cast(step.read_value(), tf.int64),
+                                       name="switch_mtf_stable_global_step")
+  return _STEP_READS[graph]
+
+
+def order_step_increment(graph):
+  """Makes the global-step increments of ``graph`` wait for every read of
+  the step that the parameter updates depend on (see 2b): the learning rate,
+  Adafactor's decay, the step-keyed random numbers.  Call before the graph
+  is finalized; returns the number of reads ordered."""
+  import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
+  step = tf.train.get_global_step(graph)
+  if step is None:
+    return 0
+  ops = graph.get_operations()
+  increments = [op for op in ops
+                if op.type in ("AssignAdd", "AssignAddVariableOp")
+                and op.inputs[0].op.name == step.op.name]
+  names = {op.name for op in increments}
+  # The train op groups the increment with the parameter updates: walk back
+  # from those updates to the reads of the step they depend on.
+  frontier = [c for op in ops if names & {c.name for c in op.control_inputs}
+              for c in op.control_inputs if c.name not in names]
+  seen, reads = set(), []
+  while frontier:
+    op = frontier.pop()
+    if op.name in seen:
+      continue
+    seen.add(op.name)
+    if (op.type in ("ReadVariableOp", "Identity") and op.inputs
+        and op.inputs[0].op.name == step.op.name):
+      reads.append(op)
+    frontier.extend(t.op for t in op.inputs)
+    frontier.extend(op.control_inputs)
+  for op in increments:
+    op._add_control_inputs(reads)  # pylint: disable=protected-access
+  return len(reads)
+
+
+def lowered_scalars(graph):
+  """{tag: tf scalar} of the Mesh TF scalar summaries lowered in ``graph``
+  on a placement mesh (the loss and router health in training)."""
+  return dict(_SCALARS.get(graph, {}))
+
+
+def seed_estimator(estimator, seed):
+  """Sets the graph-level seed of an upstream Estimator (see 5)."""
+  estimator._config = estimator._config.replace(tf_random_seed=seed)  # pylint: disable=protected-access
+  return estimator
+
+
+def _stateless(tf_fn):
+  import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
+  return {tf.random.uniform: tf.random.stateless_uniform,
+          tf.random.normal: tf.random.stateless_normal,
+          tf.random.truncated_normal: tf.random.stateless_truncated_normal
+          }.get(tf_fn)
+
+
 def _deterministic_placement_random(self, shape, tf_fn, kwargs):
   """Replacement for PlacementMeshImpl.random with process-stable seeds."""
+  import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
   counter = getattr(self, "_switch_mtf_random_ops", 0)
   self._switch_mtf_random_ops = counter + 1  # pylint: disable=protected-access
   slice_shape = self.slice_shape(shape)
+  stateless = _stateless(tf_fn)
+  step = stable_global_step() if stateless else None
+  graph_seed = tf.get_default_graph().seed
 
   def my_fn(pnum):
     # Slices that hold the same part of the tensor (replicas) must draw the
     # same numbers, so the seed depends on the slice's position, not on pnum.
-    key = "%d,%s" % (counter, self.slice_begin(shape, pnum))
+    key = "%d,%s,%s" % (counter, self.slice_begin(shape, pnum), graph_seed)
     seed = zlib.crc32(key.encode("utf-8")) & 0x7FFFFFFF
-    return tf_fn(slice_shape, seed=seed, **kwargs)
+    if step is None:
+      return tf_fn(slice_shape, seed=seed, **kwargs)
+    return stateless(slice_shape, seed=tf.stack([tf.constant(seed, tf.int64),
+                                                 step]), **kwargs)
 
   return self.slicewise(my_fn, self.laid_out_pnum())
 
@@ -84,8 +182,30 @@ def _patch_scalar_summaries():
           tags=self.name.strip("/"),
           values=tf.cast(value.tensor_list[0], tf.float32))
       tf.add_to_collection(tf.GraphKeys.SUMMARIES, summary)
+      _SCALARS.setdefault(tf.get_default_graph(), {})[
+          self.name.strip("/")] = value.tensor_list[0]
 
   mtf.ScalarSummaryOperation.lower = lower
+
+
+def _patch_checkpoint_resave():
+  from tensorflow.python.training import basic_session_run_hooks  # pylint: disable=g-direct-tensorflow-import,g-import-not-at-top
+  from tensorflow.python.checkpoint import checkpoint_management  # pylint: disable=g-direct-tensorflow-import,g-import-not-at-top
+  hook_class = basic_session_run_hooks.CheckpointSaverHook
+  original = hook_class.after_create_session
+
+  def after_create_session(self, session, coord):
+    step = session.run(self._global_step_tensor)  # pylint: disable=protected-access
+    latest = checkpoint_management.latest_checkpoint(self._checkpoint_dir)  # pylint: disable=protected-access
+    if not (latest and latest.endswith("-%d" % step)):
+      return original(self, session, coord)
+    self._save = lambda *args, **kwargs: False  # pylint: disable=protected-access
+    try:
+      return original(self, session, coord)
+    finally:
+      del self._save
+
+  hook_class.after_create_session = after_create_session
 
 
 def _stub_t5_models():
@@ -111,5 +231,6 @@ def apply():
   from mesh_tensorflow import placement_mesh_impl  # pylint: disable=g-import-not-at-top
   placement_mesh_impl.PlacementMeshImpl.random = _deterministic_placement_random
   _patch_scalar_summaries()
+  _patch_checkpoint_resave()
   _stub_t5_models()
   _applied = True

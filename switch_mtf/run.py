@@ -15,7 +15,9 @@ from t5.models import mesh_transformer
 from t5.models import mtf_model
 import tensorflow.compat.v1 as tf
 
+from switch_mtf import compat
 from switch_mtf import config
+from switch_mtf import training
 from switch_mtf.errors import ConfigError
 
 
@@ -29,13 +31,32 @@ def constant_learning_rate(value):
 def rsqrt_learning_rate(step, total_train_steps=None, warmup_steps=10000):
   """T5's pre-training schedule: 1/sqrt(max(step, warmup_steps))."""
   del total_train_steps
+  # The step before this update's increment (upstream reads race with it).
+  stable = compat.stable_global_step()
+  step = stable if stable is not None else step
   return tf.math.rsqrt(tf.maximum(tf.cast(step, tf.float32),
                                   float(warmup_steps)))
 
 
+def _activation_dtype_bindings(tpu):
+  """MtfModel forces float32 activations off TPU; keep a GPU layout's
+  bfloat16, and refuse it on CPU (no bfloat16 kernels there)."""
+  dtype = config.query("utils.get_variable_dtype.activation_dtype", "float32")
+  if tpu is not None or dtype in ("float32", tf.float32):
+    return []
+  devices = config.query("utils.run.mesh_devices") or [""]
+  if not all(d.lower().startswith("gpu") or "/gpu" in d.lower()
+             for d in devices):
+    raise ConfigError(
+        "activation dtype %s needs GPU or TPU devices (CPUs have no bfloat16 "
+        "kernels): use a cpu_* layout or --gin_param=\"utils.get_variable_"
+        "dtype.activation_dtype = 'float32'\"" % getattr(dtype, "name", dtype))
+  return ["utils.get_variable_dtype.activation_dtype = 'bfloat16'"]
+
+
 def make_model(model_dir, batch_size, sequence_length, learning_rate=None,
                save_checkpoints_steps=100, keep_checkpoint_max=5, tpu=None,
-               gin_bindings=()):
+               tpu_topology=None, gin_bindings=()):
   """An MtfModel on the mesh and layout of the parsed gin layout file.
 
   ``gin_bindings`` are re-applied after any operative config that MtfModel
@@ -47,8 +68,15 @@ def make_model(model_dir, batch_size, sequence_length, learning_rate=None,
                       "--gin_file=layouts/cpu_ep_2 (see gin/layouts/)")
   schedule = (constant_learning_rate(learning_rate)
               if learning_rate is not None else rsqrt_learning_rate)
+  dtype_bindings = _activation_dtype_bindings(tpu)
+  if tpu is None:
+    # Off TPU, MtfModel computes on float32 slices; T5's bfloat16 masters
+    # would round every checkpoint, so a resumed run would not continue the
+    # uninterrupted one.  (TPU keeps T5's bfloat16 masters and slices.)
+    dtype_bindings.append("utils.get_variable_dtype.master_dtype = 'float32'")
   return mtf_model.MtfModel(
-      model_dir=model_dir, tpu=tpu, mesh_shape=mesh_shape,
+      model_dir=model_dir, tpu=tpu, tpu_topology=tpu_topology,
+      mesh_shape=mesh_shape,
       mesh_devices=config.query("utils.run.mesh_devices"),
       layout_rules=layout,
       model_type=config.query("utils.run.model_type", "bitransformer"),
@@ -59,7 +87,50 @@ def make_model(model_dir, batch_size, sequence_length, learning_rate=None,
       # Scalar summaries (loss, router health of every Switch layer) go to
       # TensorBoard through the upstream host call, on every engine.
       extra_gin_bindings=["tpu_estimator_model_fn.tpu_summaries = True"]
-      + list(gin_bindings))
+      + dtype_bindings + list(gin_bindings))
+
+
+def train(model, task_name, steps, seed=0, every=10, router_every=100):
+  """Trains to global step ``steps`` (resuming from the latest checkpoint)."""
+  check_nonempty(task_name, "train", model)
+  return training.train(model, task_name, steps, seed=seed, every=every,
+                        router_every=router_every)
+
+
+def finetune(model, task_name, finetune_steps, pretrained_model_dir, seed=0,
+             every=10, router_every=100):
+  """``MtfModel.finetune`` through ``training.train``: the pre-trained
+  operative config, then the model's bindings; initialize from the latest
+  pre-trained checkpoint and train ``finetune_steps`` more steps."""
+  check_nonempty(task_name, "train", model)
+  step = latest_step(pretrained_model_dir)
+  mtf_model._parse_operative_config(pretrained_model_dir)  # pylint: disable=protected-access
+  return training.train(
+      model, task_name, step + finetune_steps, seed=seed,
+      init_checkpoint="%s/model.ckpt-%d" % (pretrained_model_dir, step),
+      seen_data_init_step=step, every=every, router_every=router_every)
+
+
+def _has_element(dataset):
+  if tf.executing_eagerly():
+    return any(True for _ in dataset.take(1))
+  nxt = tf.data.make_one_shot_iterator(dataset.take(1)).get_next()
+  with tf.Session() as session:
+    try:
+      session.run(nxt)
+      return True
+    except tf.errors.OutOfRangeError:
+      return False
+
+
+def check_nonempty(task_name, split, model):
+  """One clear line if ``split`` of the task yields no example."""
+  task = check_task(task_name)
+  dataset = task.get_dataset(model._sequence_length, split=split,  # pylint: disable=protected-access
+                             shuffle=False, num_epochs=1)
+  if not _has_element(dataset):
+    raise ConfigError("the %r split of task %r has no examples: check its "
+                      "data source" % (split, task_name))
 
 
 def run_file_bindings(gin_file):

@@ -3,8 +3,11 @@ train on a 2-device expert-parallel mesh, resume from the last checkpoint,
 evaluate the checkpoint on a 1-device layout, and the bad-input paths."""
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -13,20 +16,34 @@ MODEL = ["--gin_file=models/small/switch_8",
          "{'inputs': 64, 'targets': 16}"]
 
 
-def _cli(*args):
+def _cli(*args, **kwargs):
   return subprocess.run([sys.executable, "-m", "switch_mtf.cli"] + list(args),
-                        capture_output=True, text=True, check=False)
+                        capture_output=True, text=True, check=False, **kwargs)
 
 
 def _losses(output):
-  return [float(v) for v in re.findall(r"tf_loss\[([0-9.naninf]+)\]", output)]
+  """{step: loss} from the progress lines."""
+  return {int(s): float(v) for s, v in re.findall(
+      r"^step (\d+)/\d+  loss ([-0-9.naninf]+)", output, re.M)}
+
+
+def _checkpoint_state(model_dir):
+  state = {}
+  for name in os.listdir(model_dir):
+    if name.startswith("model.ckpt") or name == "checkpoint":
+      with open(os.path.join(model_dir, name), "rb") as f:
+        state[name] = f.read()
+  return state
+
+
+TRAIN = ["train", *MODEL, "--gin_file=layouts/cpu_ep_2", "--log_every=1",
+         "--router_every=3"]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   model_dir = str(tmp_path_factory.mktemp("model"))
-  first = _cli("train", *MODEL, "--gin_file=layouts/cpu_ep_2",
-               "--model_dir", model_dir, "--steps", "4",
+  first = _cli(*TRAIN, "--model_dir", model_dir, "--steps", "6",
                "--save_checkpoints_steps", "2")
   assert first.returncode == 0, first.stderr[-3000:]
   return model_dir, first
@@ -35,12 +52,29 @@ def trained(tmp_path_factory):
 def test_train_writes_checkpoints_and_config(trained):
   model_dir, first = trained
   files = os.listdir(model_dir)
-  assert "model.ckpt-4.index" in files and "model.ckpt-2.index" in files
+  assert "model.ckpt-6.index" in files and "model.ckpt-2.index" in files
   assert "operative_config.gin" in files
   with open(os.path.join(model_dir, "operative_config.gin")) as f:
     assert "SwitchFFN.num_experts = 8" in f.read()
-  losses = _losses(first.stderr + first.stdout)
-  assert len(losses) == 4 and losses[-1] < losses[0]
+  losses = _losses(first.stdout)
+  assert sorted(losses) == [1, 2, 3, 4, 5, 6] and losses[6] < losses[1]
+
+
+def test_train_prints_progress_and_router_health(trained):
+  _, first = trained
+  line = re.search(r"^step 3/6  loss [0-9.]+  aux ([0-9.]+)  [0-9.]+ steps/s"
+                   r"  [0-9]+ tokens/s  ETA \dm\d\ds$", first.stdout, re.M)
+  assert line, first.stdout
+  assert 0.9 < float(line.group(1)) < 4.0   # N * sum(f * P): 1 if balanced
+  health = re.findall(r"^  router (\S+): dropped ([0-9.]+)%, expert load max "
+                      r"([0-9.]+) min ([0-9.]+), entropy ([0-9.]+)",
+                      first.stdout, re.M)
+  # Two Switch layers (encoder and decoder), at steps 3 and 6.
+  assert len(health) == 4, first.stdout
+  for _, dropped, high, low, entropy in health:
+    assert 0 <= float(dropped) < 100
+    assert 0 <= float(low) <= 1 / 8 <= float(high) <= 1
+    assert 0 < float(entropy) <= 2.08   # at most ln(8)
 
 
 def test_train_writes_router_health_to_tensorboard(trained):
@@ -59,17 +93,61 @@ def test_train_writes_router_health_to_tensorboard(trained):
           stack, layer, metric) in tags
 
 
-def test_resume_continues_from_the_last_checkpoint(trained):
-  model_dir, first = trained
-  second = _cli("train", *MODEL, "--gin_file=layouts/cpu_ep_2",
-                "--model_dir", model_dir, "--steps", "6",
-                "--save_checkpoints_steps", "2")
-  assert second.returncode == 0, second.stderr[-3000:]
-  assert "resuming from the checkpoint at step 4" in second.stdout
-  assert "model.ckpt-6.index" in os.listdir(model_dir)
-  resumed = _losses(second.stderr + second.stdout)
-  assert len(resumed) == 2   # steps 5 and 6 only
-  assert resumed[0] < _losses(first.stderr + first.stdout)[0]
+def test_sigkill_then_resume_gives_the_uninterrupted_losses(trained,
+                                                            tmp_path):
+  """Same seed, same losses; killed with SIGKILL right after its first
+  checkpoint and started again, training continues exactly as the
+  uninterrupted run (data skipped, step-keyed noise, float32 checkpoints)."""
+  _, first = trained
+  reference = _losses(first.stdout)
+  model_dir = str(tmp_path / "killed")
+  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  process = subprocess.Popen(
+      [sys.executable, "-m", "switch_mtf.cli", *TRAIN, "--model_dir",
+       model_dir, "--steps", "1000", "--save_checkpoints_steps", "1"],
+      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+  deadline = time.time() + 300
+  index = os.path.join(model_dir, "checkpoint")
+  while time.time() < deadline and process.poll() is None:
+    # Step 0's checkpoint is written at the start; step 1's line is printed
+    # after step 1's checkpoint: wait for step 2's.
+    if os.path.exists(index) and re.search(
+        r'^model_checkpoint_path: "model.ckpt-([2-9]|\d\d+)"',
+        open(index).read(), re.M):
+      break
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  killed_output = process.communicate()[0]
+  assert process.returncode == -signal.SIGKILL
+  killed = _losses(killed_output)
+  shared = [s for s in killed if s in reference]
+  assert shared and all(killed[s] == reference[s] for s in shared)
+  start = max(int(f.split("-")[1].split(".")[0])
+              for f in os.listdir(model_dir) if f.endswith(".index"))
+  if start + 2 > max(reference):
+    pytest.skip("the killed run got past step %d before the kill" % start)
+  resumed = _cli(*TRAIN, "--model_dir", model_dir, "--steps",
+                 str(start + 2), "--save_checkpoints_steps", "1")
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resuming from the checkpoint at step %d" % start in resumed.stdout
+  losses = _losses(resumed.stdout)
+  assert sorted(losses) == [start + 1, start + 2]
+  for step, loss in losses.items():
+    assert loss == reference[step], (step, loss, reference[step])
+
+
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(trained,
+                                                               tmp_path):
+  model_dir = str(tmp_path / "diverged")
+  shutil.copytree(trained[0], model_dir)
+  before = _checkpoint_state(model_dir)
+  result = _cli(*TRAIN, "--model_dir", model_dir, "--steps", "10",
+                "--save_checkpoints_steps", "1", "--learning_rate", "inf")
+  assert result.returncode == 1, result.stderr[-3000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("switch-mtf: error:") and "NaN" in last, last
+  assert "Traceback" not in result.stderr
+  assert _checkpoint_state(model_dir) == before
 
 
 def test_eval_on_another_layout(trained):
@@ -92,10 +170,20 @@ def test_eval_on_another_layout(trained):
       "--gin_param=SwitchFFN.num_expert = 4"],
      "doesn't have a parameter named 'num_expert'"),
     (["train", "--steps=1"], "no mesh: add a layout"),
+    (["train", "--gin_file=layouts/cpu_1", "--steps=1", "--gin_param="
+      "utils.get_variable_dtype.activation_dtype = 'bfloat16'"],
+     "activation dtype bfloat16 needs GPU or TPU devices"),
+    (["train", "--gin_file=layouts/cpu_1", "--steps=1",
+      "--module_import=empty_task", "--task=switch_mtf_test_empty"],
+     "split of task 'switch_mtf_test_empty' has no examples"),
+    (["train", "--gin_file=layouts/cpu_1", "--steps=1",
+      "--module_import=no_such_module"], "--module_import=no_such_module"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
   result = _cli(*(args[:1] + MODEL + args[1:]),
-                "--model_dir", str(tmp_path / "m"))
+                "--model_dir", str(tmp_path / "m"), env=env)
   assert result.returncode == 2, result.stderr[-2000:]
   assert "Traceback" not in result.stderr
   last = result.stderr.strip().splitlines()[-1]
@@ -136,16 +224,7 @@ def test_predict_decodes_each_input_line(trained, tmp_path):
 def test_a_checkpoint_of_another_model_is_one_line_and_kept(trained):
   model_dir, _ = trained
 
-  def checkpoint_state():
-    state = {}
-    for name in os.listdir(model_dir):
-      if name.startswith("model.ckpt") or name in ("checkpoint",
-                                                   "operative_config.gin"):
-        with open(os.path.join(model_dir, name), "rb") as f:
-          state[name] = f.read()
-    return state
-
-  before = checkpoint_state()
+  before = _checkpoint_state(model_dir)
   result = _cli("train", "--gin_file=models/small/switch_4",
                 "--gin_param=utils.run.sequence_length = "
                 "{'inputs': 64, 'targets': 16}",
@@ -153,9 +232,10 @@ def test_a_checkpoint_of_another_model_is_one_line_and_kept(trained):
                 "--steps", "20")
   assert result.returncode == 2
   last = result.stderr.strip().splitlines()[-1]
-  assert "written by a different model" in last and "[8," in last, last
+  assert "written by a different model" in last, last
+  assert "[128, 8] in the checkpoint, [128, 4] in this model" in last, last
   assert "Traceback" not in result.stderr
-  assert checkpoint_state() == before   # no checkpoint written or changed
+  assert _checkpoint_state(model_dir) == before   # nothing written/changed
 
 
 def test_score_writes_one_log_likelihood_per_line(trained, tmp_path):

@@ -1,0 +1,220 @@
+"""The training call around t5's MtfModel: seeds, resume, progress, NaN.
+
+``MtfModel.train`` calls Mesh TF's ``utils.train_model``, which takes no
+hooks, no checkpoint listeners and no seed.  We build the same input function
+and call the same upstream Estimator (one model function for CPU, GPU and
+TPU), adding what a user needs from a training run:
+
+- a seed for the data order (seqio shuffle and preprocessors) and the
+  variable initializers, so the same command gives the same loss trajectory;
+- data already seen is skipped on resume, and the model's random numbers are
+  keyed by the step (``compat``), so a run killed and restarted continues
+  exactly as the uninterrupted run would have;
+- progress lines (step, loss, aux loss, steps/s, tokens/s, ETA) and router
+  health per Switch layer every ``router_every`` steps;
+- parameters that went NaN/Inf are never written over the last good
+  checkpoint: the checkpoint listener refuses the save and training stops.
+"""
+import functools
+import time
+
+from t5.models import mesh_transformer
+import tensorflow.compat.v1 as tf
+
+from switch_mtf import compat
+from switch_mtf.errors import ConfigError
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss or the parameters became NaN/Inf."""
+
+
+class FiniteCheckpointGuard(tf.estimator.CheckpointSaverListener):
+  """Refuses to save a checkpoint whose parameters are not all finite.
+
+  Runs after Mesh TF's listener has copied the slices into the saved
+  variables, so it checks exactly what would be written.
+  """
+
+  def begin(self):
+    floats = [v for v in tf.global_variables()
+              if v.dtype.base_dtype.is_floating]
+    self._all_finite = tf.reduce_all(tf.stack(
+        [tf.reduce_all(tf.math.is_finite(v)) for v in floats]))
+
+  def before_save(self, session, global_step_value):
+    if not session.run(self._all_finite):
+      raise TrainingDiverged(
+          "the parameters became NaN/Inf by step %d; that checkpoint was not "
+          "written, the last good one is untouched: lower the learning rate "
+          "or check the data" % global_step_value)
+
+
+class CheckpointMatchHook(tf.train.SessionRunHook):
+  """Before anything is restored or written: the model dir's checkpoint must
+  hold every variable of this model, with the same shapes.  (Resource
+  variables restore a wrong shape silently and fail steps later.)"""
+
+  def __init__(self, model_dir):
+    self._model_dir = model_dir
+
+  def begin(self):
+    path = tf.train.latest_checkpoint(self._model_dir)
+    if path is None:
+      return
+    saved = dict(tf.train.list_variables(path))
+    for variable in tf.global_variables():
+      name = variable.op.name
+      shape = variable.shape.as_list()
+      if name not in saved:
+        problem = "%s is not in the checkpoint" % name
+      elif list(saved[name]) != shape:
+        problem = "%s: %s in the checkpoint, %s in this model" % (
+            name, list(saved[name]), shape)
+      else:
+        continue
+      raise ConfigError(
+          "the checkpoint in --model_dir was written by a different model "
+          "(%s): use a new --model_dir, or the gin files it was trained with "
+          "(its operative_config.gin)" % problem)
+
+
+def _format_duration(seconds):
+  seconds = int(seconds)
+  if seconds >= 3600:
+    return "%dh%02dm" % (seconds // 3600, seconds % 3600 // 60)
+  return "%dm%02ds" % (seconds // 60, seconds % 60)
+
+
+def router_health_lines(scalars):
+  """One line per Switch layer from ``{".../router/<metric>": value}``."""
+  layers = {}
+  for tag, value in scalars.items():
+    scope, _, metric = tag.rpartition("/router/")
+    if scope:
+      layers.setdefault(scope, {})[metric] = value
+  lines = []
+  for scope in sorted(layers):
+    m = layers[scope]
+    lines.append(
+        "  router %s: dropped %.2f%%, expert load max %.3f min %.3f, "
+        "entropy %.3f, aux %.3f" % (
+            scope, 100 * m.get("fraction_dropped", float("nan")),
+            m.get("max_expert_load", float("nan")),
+            m.get("min_expert_load", float("nan")),
+            m.get("router_entropy", float("nan")),
+            m.get("aux_loss", float("nan"))))
+  return lines
+
+
+class ProgressHook(tf.train.SessionRunHook):
+  """Prints progress every ``every`` steps and router health every
+  ``router_every`` steps, from the lowered scalar summaries (placement mesh;
+  on TPU only steps/s and ETA, the rest is in TensorBoard)."""
+
+  def __init__(self, last_step, tokens_per_step, every=10, router_every=100,
+               out=print):
+    self._last_step = last_step
+    self._tokens_per_step = tokens_per_step
+    self._every = max(1, every)
+    self._router_every = router_every
+    self._out = out
+    self.history = []   # (step, loss) of every printed step
+
+  def begin(self):
+    graph = tf.get_default_graph()
+    compat.order_step_increment(graph)
+    self._scalars = compat.lowered_scalars(graph)
+    self._global_step = tf.train.get_global_step()
+
+  def after_create_session(self, session, coord):
+    del coord
+    self._step = int(session.run(self._global_step))
+    self._start_step = self._step
+    self._time = self._start_time = time.time()
+    self._window_start = self._step
+
+  def before_run(self, run_context):
+    del run_context
+    step = self._step + 1
+    if step % self._every and step != self._last_step:
+      return None
+    return tf.train.SessionRunArgs(self._scalars)
+
+  def after_run(self, run_context, run_values):
+    del run_context
+    self._step += 1
+    if run_values.results is None:
+      return
+    values = {k: float(v) for k, v in run_values.results.items()}
+    now = time.time()
+    steps_per_s = (self._step - self._window_start) / max(now - self._time,
+                                                          1e-9)
+    self._time, self._window_start = now, self._step
+    remaining = (self._last_step - self._step) / max(steps_per_s, 1e-9)
+    aux = [v for k, v in values.items() if k.endswith("/router/aux_loss")]
+    loss = values.get("loss", float("nan"))
+    self.history.append((self._step, loss))
+    self._out("step %d/%d  loss %.4f  aux %s  %.2f steps/s  %.0f tokens/s  "
+              "ETA %s" % (
+                  self._step, self._last_step, loss,
+                  "%.3f" % (sum(aux) / len(aux)) if aux else "-",
+                  steps_per_s, steps_per_s * self._tokens_per_step,
+                  _format_duration(remaining)))
+    if self._router_every and (self._step % self._router_every == 0
+                               or self._step == self._last_step):
+      for line in router_health_lines(values):
+        self._out(line)
+
+  def end(self, session):
+    del session
+    elapsed = time.time() - self._start_time
+    steps = self._step - self._start_step
+    if steps:
+      self._out("trained steps %d-%d in %s (%.2f steps/s, %.0f tokens/s)" % (
+          self._start_step + 1, self._step, _format_duration(elapsed),
+          steps / max(elapsed, 1e-9),
+          steps * self._tokens_per_step / max(elapsed, 1e-9)))
+
+
+def train(model, task_name, steps, split="train", seed=0,
+          init_checkpoint=None, seen_data_init_step=0, every=10,
+          router_every=100, out=print):
+  """Trains ``model`` (an MtfModel) on a seqio task until global ``steps``.
+
+  Resuming (a checkpoint in the model dir) skips the batches the restored
+  steps already consumed, counted from ``seen_data_init_step`` (the
+  pre-trained step when fine-tuning).
+  """
+  vocabulary = mesh_transformer.get_vocabulary(task_name)
+  estimator = compat.seed_estimator(
+      model.estimator(vocabulary, init_checkpoint), seed)
+  dataset_fn = functools.partial(mesh_transformer.mesh_train_dataset_fn,
+                                 mixture_or_task_name=task_name, seed=seed)
+  sequence_length = model._sequence_length  # pylint: disable=protected-access
+  batch_size = model.batch_size
+
+  def input_fn(params):
+    del params
+    dataset = dataset_fn(sequence_length=sequence_length,
+                         vocabulary=vocabulary, dataset_split=split)
+    dataset = dataset.repeat().batch(batch_size, drop_remainder=True)
+    if estimator.latest_checkpoint() is not None:
+      seen = estimator.get_variable_value("global_step") - seen_data_init_step
+      if seen > 0:
+        dataset = dataset.skip(seen)
+    return dataset.prefetch(tf.data.experimental.AUTOTUNE)
+
+  tokens_per_step = batch_size * sum(sequence_length.values())
+  progress = ProgressHook(steps, tokens_per_step, every=every,
+                          router_every=router_every, out=out)
+  try:
+    estimator.train(input_fn=input_fn, max_steps=steps,
+                    hooks=[CheckpointMatchHook(model._model_dir), progress],  # pylint: disable=protected-access
+                    saving_listeners=[FiniteCheckpointGuard()])
+  except tf.train.NanLossDuringTrainingError:
+    raise TrainingDiverged(
+        "the loss became NaN at step %d; no checkpoint was written after "
+        "it, the last good one is untouched: lower the learning rate or "
+        "check the data" % (progress._step + 1)) from None  # pylint: disable=protected-access
+  return progress.history
