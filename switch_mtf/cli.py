@@ -6,8 +6,18 @@ import sys
 from switch_mtf.errors import ConfigError
 
 
+def _quiet_tensorflow_logs():
+  import logging  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  # TensorFlow's deprecation warnings for Mesh TF's TF1 code are not the
+  # user's business; our progress lines are.
+  tf.get_logger().setLevel(logging.ERROR)
+  logging.getLogger("absl").setLevel(logging.ERROR)
+
+
 def _demo(args):
   from switch_mtf import demo  # pylint: disable=g-import-not-at-top
+  _quiet_tensorflow_logs()
   demo.run(steps=args.steps, num_devices=args.devices,
            num_experts=args.experts, seed=args.seed,
            output_dir=args.output_dir)
@@ -37,14 +47,10 @@ def _run_setup(args):
   from switch_mtf import config  # pylint: disable=g-import-not-at-top
   from switch_mtf import embedded_task  # pylint: disable=g-import-not-at-top
   from switch_mtf import run  # pylint: disable=g-import-not-at-top
-  import logging  # pylint: disable=g-import-not-at-top
   import importlib  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  # TensorFlow's deprecation warnings for Mesh TF's TF1 code are not the
-  # user's business; our progress lines are.
-  tf.get_logger().setLevel(logging.ERROR)
-  logging.getLogger("absl").setLevel(logging.ERROR)
+  _quiet_tensorflow_logs()
   embedded_task.register()
+  embedded_task.register_closed_book_qa()
   for name in args.module_import:
     try:
       importlib.import_module(name)
@@ -95,6 +101,10 @@ def _eval(args):
                                                    args.split)
   print("step %d: %s neg_log_perplexity %.4f (%d examples, %d target "
         "tokens)" % (step, args.split, value, examples, tokens))
+  if run.check_task(args.task).metric_fns:
+    for name, metric in run.task_metrics(model, args.task,
+                                         args.split).items():
+      print("step %d: %s %s %.4f" % (step, args.split, name, metric))
 
 
 def _train_and_eval(args):
@@ -222,15 +232,17 @@ def main(argv=None):
       description="Switch Transformer on Mesh TensorFlow.")
   commands = parser.add_subparsers(dest="command", required=True)
   demo = commands.add_parser(
-      "demo", help="train and evaluate a small Switch LM on the embedded "
-      "offline corpus, on a virtual multi-device CPU mesh (a few minutes)")
-  demo.add_argument("--steps", type=int, default=1500)
+      "demo", help="pre-train and evaluate a small Switch Transformer "
+      "(models/small/switch_8) on the embedded offline corpus, experts split "
+      "over a virtual multi-device CPU mesh (a few minutes)")
+  demo.add_argument("--steps", type=int, default=600)
   demo.add_argument("--devices", type=int, default=2,
                     help="virtual CPU devices; the experts are split over them")
   demo.add_argument("--experts", type=int, default=8)
   demo.add_argument("--seed", type=int, default=0)
   demo.add_argument("--output_dir", default="runs/demo",
-                    help="where the results JSON and the loss plot go")
+                    help="where the checkpoints (model/), the results JSON "
+                    "and the plots go; a second run resumes from model/")
   demo.set_defaults(func=_demo)
 
   info = commands.add_parser(

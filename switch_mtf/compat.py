@@ -37,6 +37,9 @@ Patches:
      run, also when the restored checkpoint is that very step: a resumed run
      rewrote the last good checkpoint, and a kill during that rewrite could
      damage it.  We skip that save when the latest checkpoint is the step.
+  8. Mesh TF's model function ``tf.Print``s "step, tf_loss" to stderr on
+     every CPU/GPU step (and reads the step racily for it).  Our progress
+     lines replace it: its module sees a ``tf`` whose ``Print`` is identity.
   6. ``t5/models/__init__.py`` imports the Hugging Face model and so torch,
      which a Mesh TF user does not need.  We register ``t5.models`` as a bare
      package (its real directory, without running its ``__init__``), so that
@@ -208,6 +211,27 @@ def _patch_checkpoint_resave():
   hook_class.after_create_session = after_create_session
 
 
+class _TfWithoutPrint(object):
+  """tf.compat.v1 for mesh_tensorflow.transformer.utils, minus tf.Print."""
+
+  def __init__(self, tf_module):
+    self._tf = tf_module
+
+  def __getattr__(self, name):
+    return getattr(self._tf, name)
+
+  @staticmethod
+  def Print(tensor, *args, **kwargs):  # pylint: disable=invalid-name
+    del args, kwargs
+    return tensor
+
+
+def _silence_loss_print():
+  from mesh_tensorflow.transformer import utils  # pylint: disable=g-import-not-at-top
+  if not isinstance(utils.tf, _TfWithoutPrint):
+    utils.tf = _TfWithoutPrint(utils.tf)
+
+
 def _stub_t5_models():
   import sys  # pylint: disable=g-import-not-at-top
   import types  # pylint: disable=g-import-not-at-top
@@ -232,5 +256,6 @@ def apply():
   placement_mesh_impl.PlacementMeshImpl.random = _deterministic_placement_random
   _patch_scalar_summaries()
   _patch_checkpoint_resave()
+  _silence_loss_print()
   _stub_t5_models()
   _applied = True

@@ -66,12 +66,8 @@ def _unique_names(rng, count, syllables):
   return sorted(names)
 
 
-def generate(seed=0, num_cities=400, num_people=600, sentences_per_doc=6):
-  """Returns {"train": [docs], "validation": [docs]} (docs are strings).
-
-  Every entity gets two articles with different sentences; 10% of the
-  entities (and all their articles) go to validation.
-  """
+def _entities(seed, num_cities, num_people, sentences_per_doc):
+  """[(facts, kind, split, docs)] in generation order."""
   rng = random.Random(seed)
   countries = _unique_names(rng, 12, (2, 3))
   rivers = _unique_names(rng, 40, (2,))
@@ -93,13 +89,64 @@ def generate(seed=0, num_cities=400, num_people=600, sentences_per_doc=6):
                         town=rng.choice(city_names), year=year,
                         death=year + rng.randint(25, 90),
                         work=rng.choice(_WORKS)))
-  entities = ([(c, _CITY_TEMPLATES) for c in cities]
-              + [(p, _PERSON_TEMPLATES) for p in persons])
+  entities = ([(c, "city") for c in cities]
+              + [(p, "person") for p in persons])
   rng.shuffle(entities)
-  split = {"train": [], "validation": []}
-  for i, (facts, templates) in enumerate(entities):
-    name = "validation" if i % 10 == 0 else "train"
+  result = []
+  for i, (facts, kind) in enumerate(entities):
+    templates = _CITY_TEMPLATES if kind == "city" else _PERSON_TEMPLATES
+    docs = []
     for _ in range(2):
       chosen = rng.sample(templates, min(sentences_per_doc, len(templates)))
-      split[name].append(" ".join(t.format(**facts) for t in chosen))
+      docs.append(" ".join(t.format(**facts) for t in chosen))
+    result.append((facts, kind, "validation" if i % 10 == 0 else "train",
+                   docs))
+  return result
+
+
+def generate(seed=0, num_cities=400, num_people=600, sentences_per_doc=6):
+  """Returns {"train": [docs], "validation": [docs]} (docs are strings).
+
+  Every entity gets two articles with different sentences; 10% of the
+  entities (and all their articles) go to validation.
+  """
+  split = {"train": [], "validation": []}
+  for _, _, name, docs in _entities(seed, num_cities, num_people,
+                                    sentences_per_doc):
+    split[name].extend(docs)
   return split
+
+
+_QUESTIONS = {
+    "city": [("In which country is {name}?", "country"),
+             ("On which river is {name}?", "river"),
+             ("What is {name} known for?", "product"),
+             ("When was {name} founded?", "year")],
+    "person": [("What was the profession of {name}?", "profession"),
+               ("Where was {name} born?", "town"),
+               ("When was {name} born?", "year"),
+               ("What did {name} write?", "work")],
+}
+
+
+def closed_book_qa(seed=0, num_cities=400, num_people=600,
+                   sentences_per_doc=6):
+  """Questions about the entities of the pre-training (train) articles:
+  {"train": [(question, answer)], "validation": [...]}.
+
+  The answers are in the pre-training text, never in the question: a model
+  can only answer from what it memorized (closed-book QA, as the paper's
+  Natural Questions / TriviaQA fine-tuning).  Questions about every tenth
+  train entity are held out for validation.
+  """
+  qa = {"train": [], "validation": []}
+  seen = 0
+  for facts, kind, split, _ in _entities(seed, num_cities, num_people,
+                                         sentences_per_doc):
+    if split != "train":
+      continue
+    name = "validation" if seen % 10 == 0 else "train"
+    seen += 1
+    for question, key in _QUESTIONS[kind]:
+      qa[name].append((question.format(**facts), str(facts[key])))
+  return qa

@@ -9,11 +9,13 @@ import functools
 
 import seqio
 from t5.data import preprocessors as t5_preprocessors
+from t5.evaluation import metrics as t5_metrics
 import tensorflow.compat.v1 as tf
 
 from switch_mtf import corpus
 
 SPAN_CORRUPTION = "switch_mtf_embedded_span_corruption"
+CLOSED_BOOK_QA = "switch_mtf_embedded_closed_book_qa"
 
 
 def register(name=SPAN_CORRUPTION, vocabulary=None, seed=0):
@@ -44,3 +46,33 @@ def register(name=SPAN_CORRUPTION, vocabulary=None, seed=0):
           "targets": seqio.Feature(vocabulary, add_eos=True),
       },
       metric_fns=[])
+
+
+def register_closed_book_qa(name=CLOSED_BOOK_QA, vocabulary=None, seed=0):
+  """A fine-tuning task on the same corpus: questions whose answers are only
+  in the pre-training articles ("question: Where was X born?" -> town);
+  metric: exact-match accuracy of the decoded answer (t5's metric)."""
+  if name in seqio.TaskRegistry.names():
+    return seqio.get_mixture_or_task(name)
+  vocabulary = vocabulary or seqio.ByteVocabulary(extra_ids=100)
+  pairs = corpus.closed_book_qa(seed=seed)
+
+  def dataset_fn(split, shuffle_files, seed=None):
+    del shuffle_files, seed
+    questions, answers = zip(*pairs[split])
+    return tf.data.Dataset.from_tensor_slices(
+        {"inputs": ["question: " + q for q in questions],
+         "targets": list(answers)})
+
+  return seqio.TaskRegistry.add(
+      name,
+      source=seqio.FunctionDataSource(dataset_fn,
+                                      splits=("train", "validation")),
+      preprocessors=[seqio.preprocessors.tokenize,
+                     seqio.CacheDatasetPlaceholder(),
+                     seqio.preprocessors.append_eos_after_trim],
+      output_features={
+          "inputs": seqio.Feature(vocabulary, add_eos=True),
+          "targets": seqio.Feature(vocabulary, add_eos=True),
+      },
+      metric_fns=[t5_metrics.accuracy])

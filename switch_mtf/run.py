@@ -183,6 +183,29 @@ def neg_log_perplexity(model, task_name, split="validation",
   return float(np.sum(scores)) / tokens, examples, tokens
 
 
+def task_metrics(model, task_name, split="validation"):
+  """Decodes ``split`` with the latest checkpoint and applies the task's
+  metric functions (upstream ``MtfModel.eval``); returns {metric: value}."""
+  import os  # pylint: disable=g-import-not-at-top
+  step = latest_step(model._model_dir)  # pylint: disable=protected-access
+  summary_dir = os.path.join(model._model_dir, "%s_eval" % split)  # pylint: disable=protected-access
+  tf.io.gfile.makedirs(summary_dir)   # upstream writes the targets there
+  model.eval(task_name, checkpoint_steps=-1, split=split,
+             summary_dir=summary_dir)
+  prefix = "eval/%s/" % task_name
+  values = {}
+  for name in sorted(tf.io.gfile.listdir(summary_dir)):
+    if "tfevents" not in name:
+      continue
+    for event in tf.train.summary_iterator(os.path.join(summary_dir, name)):
+      if event.step != step:
+        continue
+      for value in event.summary.value:
+        if value.tag.startswith(prefix):
+          values[value.tag[len(prefix):]] = value.simple_value
+  return values
+
+
 def score_strings(model, inputs, targets, task_name):
   """Log-likelihood of each target string given its input string."""
   _avoid_upstream_scoring_crashes(len(inputs))

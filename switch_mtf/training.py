@@ -86,6 +86,12 @@ def _format_duration(seconds):
   return "%dm%02ds" % (seconds // 60, seconds % 60)
 
 
+def mean_over_layers(scalars, metric):
+  """Mean of ``.../router/<metric>`` over the Switch layers (None if none)."""
+  found = [v for k, v in scalars.items() if k.endswith("/router/" + metric)]
+  return sum(found) / len(found) if found else None
+
+
 def router_health_lines(scalars):
   """One line per Switch layer from ``{".../router/<metric>": value}``."""
   layers = {}
@@ -119,7 +125,9 @@ class ProgressHook(tf.train.SessionRunHook):
     self._every = max(1, every)
     self._router_every = router_every
     self._out = out
-    self.history = []   # (step, loss) of every printed step
+    self.history = []   # {step, loss, aux_loss, fraction_dropped} per line
+    self.last_values = {}   # {tag: value} of the last printed step
+    self.train_seconds, self.steps_trained = 0.0, 0
 
   def begin(self):
     graph = tf.get_default_graph()
@@ -152,13 +160,16 @@ class ProgressHook(tf.train.SessionRunHook):
                                                           1e-9)
     self._time, self._window_start = now, self._step
     remaining = (self._last_step - self._step) / max(steps_per_s, 1e-9)
-    aux = [v for k, v in values.items() if k.endswith("/router/aux_loss")]
+    aux = mean_over_layers(values, "aux_loss")
     loss = values.get("loss", float("nan"))
-    self.history.append((self._step, loss))
+    self.last_values = values
+    self.history.append(dict(
+        step=self._step, loss=loss, aux_loss=aux,
+        fraction_dropped=mean_over_layers(values, "fraction_dropped")))
     self._out("step %d/%d  loss %.4f  aux %s  %.2f steps/s  %.0f tokens/s  "
               "ETA %s" % (
                   self._step, self._last_step, loss,
-                  "%.3f" % (sum(aux) / len(aux)) if aux else "-",
+                  "-" if aux is None else "%.3f" % aux,
                   steps_per_s, steps_per_s * self._tokens_per_step,
                   _format_duration(remaining)))
     if self._router_every and (self._step % self._router_every == 0
@@ -170,6 +181,7 @@ class ProgressHook(tf.train.SessionRunHook):
     del session
     elapsed = time.time() - self._start_time
     steps = self._step - self._start_step
+    self.train_seconds, self.steps_trained = elapsed, steps
     if steps:
       self._out("trained steps %d-%d in %s (%.2f steps/s, %.0f tokens/s)" % (
           self._start_step + 1, self._step, _format_duration(elapsed),
@@ -180,7 +192,8 @@ class ProgressHook(tf.train.SessionRunHook):
 def train(model, task_name, steps, split="train", seed=0,
           init_checkpoint=None, seen_data_init_step=0, every=10,
           router_every=100, out=print):
-  """Trains ``model`` (an MtfModel) on a seqio task until global ``steps``.
+  """Trains ``model`` (an MtfModel) on a seqio task until global ``steps``;
+  returns the ProgressHook (history, last router values, speed).
 
   Resuming (a checkpoint in the model dir) skips the batches the restored
   steps already consumed, counted from ``seen_data_init_step`` (the
@@ -217,4 +230,4 @@ def train(model, task_name, steps, split="train", seed=0,
         "the loss became NaN at step %d; no checkpoint was written after "
         "it, the last good one is untouched: lower the learning rate or "
         "check the data" % (progress._step + 1)) from None  # pylint: disable=protected-access
-  return progress.history
+  return progress

@@ -190,10 +190,14 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
   assert last.startswith("switch-mtf: error:") and message in last, last
 
 
-def test_finetune_from_the_checkpoint_with_expert_dropout(trained, tmp_path):
+QA = "--task=switch_mtf_embedded_closed_book_qa"
+
+
+def test_finetune_on_qa_with_expert_dropout_then_task_metrics(trained,
+                                                             tmp_path):
   model_dir, _ = trained
   new_dir = str(tmp_path / "finetuned")
-  result = _cli("finetune", *MODEL, "--gin_file=layouts/cpu_ep_2",
+  result = _cli("finetune", *MODEL, "--gin_file=layouts/cpu_ep_2", QA,
                 "--pretrained_model_dir", model_dir, "--model_dir", new_dir,
                 "--steps", "2", "--save_checkpoints_steps", "2")
   assert result.returncode == 0, result.stderr[-3000:]
@@ -204,6 +208,24 @@ def test_finetune_from_the_checkpoint_with_expert_dropout(trained, tmp_path):
     operative = f.read()
   assert "encoder/SwitchFFN.expert_dropout_rate = 0.4" in operative
   assert "\ndropout_rate = 0.1" in operative
+  # eval decodes the validation questions and applies the task's metric.
+  result = _cli("eval", *MODEL, "--gin_file=layouts/cpu_1", QA,
+                "--model_dir", new_dir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  match = re.search(r"^step (\d+): validation accuracy ([0-9.]+)$",
+                    result.stdout, re.M)
+  assert match, result.stdout
+  eval_dir = os.path.join(new_dir, "validation_eval")
+  name = "switch_mtf_embedded_closed_book_qa_%s_predictions" % match.group(1)
+  # t5 writes the lines joined by "\n", with no newline after the last.
+  with open(os.path.join(eval_dir, name)) as f:
+    predictions = f.read().split("\n")
+  with open(os.path.join(eval_dir,
+                         "switch_mtf_embedded_closed_book_qa_targets")) as f:
+    targets = f.read().split("\n")
+  assert len(predictions) == len(targets) == 360
+  expected = 100 * sum(p == t for p, t in zip(predictions, targets)) / 360
+  assert float(match.group(2)) == pytest.approx(expected, abs=1e-3)
 
 
 def test_predict_decodes_each_input_line(trained, tmp_path):
