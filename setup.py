@@ -30,7 +30,8 @@ setuptools.setup(
     version="0.1.0",
     description="Switch Transformer (Fedus, Zoph & Shazeer 2021) on Mesh "
                 "TensorFlow",
-    packages=setuptools.find_packages(include=["switch_mtf", "switch_mtf.*"]),
+    packages=setuptools.find_packages(
+        include=["switch_mtf", "switch_mtf.*", "tasks", "tasks.*"]),
     python_requires=">=3.10,<3.12",
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": ["pytest", "matplotlib"]},

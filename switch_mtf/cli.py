@@ -1,5 +1,6 @@
 """The ``switch-mtf`` command line."""
 import argparse
+import json
 import os
 import sys
 
@@ -24,7 +25,6 @@ def _demo(args):
 
 
 def _info(args):
-  import json  # pylint: disable=g-import-not-at-top
   from switch_mtf import accounting  # pylint: disable=g-import-not-at-top
   from switch_mtf import config  # pylint: disable=g-import-not-at-top
   config.parse(args.gin_file, args.gin_param)
@@ -45,12 +45,10 @@ def _info(args):
 def _run_setup(args):
   """Parses gin and registers tasks; returns (run module, sequence length)."""
   from switch_mtf import config  # pylint: disable=g-import-not-at-top
-  from switch_mtf import embedded_task  # pylint: disable=g-import-not-at-top
   from switch_mtf import run  # pylint: disable=g-import-not-at-top
   import importlib  # pylint: disable=g-import-not-at-top
   _quiet_tensorflow_logs()
-  embedded_task.register()
-  embedded_task.register_closed_book_qa()
+  _register_tasks(args)
   for name in args.module_import:
     try:
       importlib.import_module(name)
@@ -61,6 +59,27 @@ def _run_setup(args):
   lengths = config.query("utils.run.sequence_length",
                          {"inputs": 512, "targets": 114})
   return run, lengths
+
+
+_TFDS_TASK_PREFIXES = ("c4_", "glue_", "super_glue_", "squad_")
+
+
+def _register_tasks(args):
+  """The embedded tasks, and (only when asked for) the TFDS ones of
+  tasks/text_to_text.py with --vocabulary and --tfds_data_dir."""
+  from switch_mtf import embedded_task  # pylint: disable=g-import-not-at-top
+  vocabulary = None
+  if args.vocabulary:
+    from tasks import vocabularies  # pylint: disable=g-import-not-at-top
+    vocabulary = vocabularies.from_flag(args.vocabulary)
+  embedded_task.register(vocabulary=vocabulary)
+  embedded_task.register_closed_book_qa(vocabulary=vocabulary)
+  if args.task.startswith(_TFDS_TASK_PREFIXES):
+    from tasks import text_to_text  # pylint: disable=g-import-not-at-top
+    from tasks import vocabularies  # pylint: disable=g-import-not-at-top
+    text_to_text.register_all(
+        vocabulary or vocabularies.sentencepiece(vocabularies.T5_VOCABULARY),
+        args.tfds_data_dir)
 
 
 def _require_checkpoint(run, model_dir):
@@ -101,10 +120,19 @@ def _eval(args):
                                                    args.split)
   print("step %d: %s neg_log_perplexity %.4f (%d examples, %d target "
         "tokens)" % (step, args.split, value, examples, tokens))
+  results = dict(task=args.task, split=args.split, step=step,
+                 neg_log_perplexity=value, examples=examples,
+                 target_tokens=tokens, metrics={})
   if run.check_task(args.task).metric_fns:
-    for name, metric in run.task_metrics(model, args.task,
-                                         args.split).items():
+    results["metrics"] = run.task_metrics(model, args.task, args.split)
+    for name, metric in results["metrics"].items():
       print("step %d: %s %s %.4f" % (step, args.split, name, metric))
+  path = os.path.join(args.model_dir, "%s_eval" % args.split,
+                      "results-%d.json" % step)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(results, f, indent=1)
+  print("wrote %s" % path)
 
 
 def _train_and_eval(args):
@@ -170,6 +198,15 @@ def _add_run_flags(parser, train):
                       help="checkpoints, operative_config.gin, summaries")
   parser.add_argument("--task", default="switch_mtf_embedded_span_corruption",
                       help="seqio task or mixture")
+  parser.add_argument(
+      "--vocabulary", default=None,
+      help="'embedded' (SentencePiece trained on the embedded corpus, "
+      "cached), 'bytes', or a SentencePiece model path; default: bytes for "
+      "the embedded tasks, T5's gs://t5-data/vocabs/cc_all.32000/"
+      "sentencepiece.model for the TFDS ones")
+  parser.add_argument("--tfds_data_dir", default=None,
+                      help="where the prepared TFDS datasets are (C4, GLUE, "
+                      "SuperGLUE, SQuAD tasks)")
   parser.add_argument("--module_import", action="append", default=[],
                       help="Python module to import first (repeatable), e.g. "
                       "one that registers your seqio tasks")

@@ -136,17 +136,21 @@ def closed_book_qa(seed=0, num_cities=400, num_people=600,
 
   The answers are in the pre-training text, never in the question: a model
   can only answer from what it memorized (closed-book QA, as the paper's
-  Natural Questions / TriviaQA fine-tuning).  Questions about every tenth
-  train entity are held out for validation.
+  Natural Questions / TriviaQA fine-tuning).  Only facts that the entity's
+  articles state are asked.  Questions about every tenth train entity are
+  held out for validation.
   """
   qa = {"train": [], "validation": []}
   seen = 0
-  for facts, kind, split, _ in _entities(seed, num_cities, num_people,
-                                         sentences_per_doc):
+  for facts, kind, split, docs in _entities(seed, num_cities, num_people,
+                                            sentences_per_doc):
     if split != "train":
       continue
     name = "validation" if seen % 10 == 0 else "train"
     seen += 1
+    text = " ".join(docs)
     for question, key in _QUESTIONS[kind]:
-      qa[name].append((question.format(**facts), str(facts[key])))
+      answer = str(facts[key])
+      if answer in text:   # only facts that the entity's articles state
+        qa[name].append((question.format(**facts), answer))
   return qa

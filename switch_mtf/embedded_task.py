@@ -8,6 +8,7 @@ vocabulary trained on the corpus is the tasks issue's.)
 import functools
 
 import seqio
+from t5.data import postprocessors as t5_postprocessors
 from t5.data import preprocessors as t5_preprocessors
 from t5.evaluation import metrics as t5_metrics
 import tensorflow.compat.v1 as tf
@@ -51,7 +52,8 @@ def register(name=SPAN_CORRUPTION, vocabulary=None, seed=0):
 def register_closed_book_qa(name=CLOSED_BOOK_QA, vocabulary=None, seed=0):
   """A fine-tuning task on the same corpus: questions whose answers are only
   in the pre-training articles ("question: Where was X born?" -> town);
-  metric: exact-match accuracy of the decoded answer (t5's metric)."""
+  metrics: SQuAD's exact match and F1 (t5's ``squad``, with its answer
+  normalization) of the decoded answer."""
   if name in seqio.TaskRegistry.names():
     return seqio.get_mixture_or_task(name)
   vocabulary = vocabulary or seqio.ByteVocabulary(extra_ids=100)
@@ -62,7 +64,7 @@ def register_closed_book_qa(name=CLOSED_BOOK_QA, vocabulary=None, seed=0):
     questions, answers = zip(*pairs[split])
     return tf.data.Dataset.from_tensor_slices(
         {"inputs": ["question: " + q for q in questions],
-         "targets": list(answers)})
+         "targets": list(answers), "answers": [[a] for a in answers]})
 
   return seqio.TaskRegistry.add(
       name,
@@ -75,4 +77,4 @@ def register_closed_book_qa(name=CLOSED_BOOK_QA, vocabulary=None, seed=0):
           "inputs": seqio.Feature(vocabulary, add_eos=True),
           "targets": seqio.Feature(vocabulary, add_eos=True),
       },
-      metric_fns=[t5_metrics.accuracy])
+      postprocess_fn=t5_postprocessors.qa, metric_fns=[t5_metrics.squad])

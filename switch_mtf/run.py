@@ -123,8 +123,25 @@ def _has_element(dataset):
       return False
 
 
+def check_tfds_prepared(task_name):
+  """One clear line for a TFDS-backed (sub)task whose data is not prepared
+  (TFDS would try to download and prepare it in the middle of a run)."""
+  for task in seqio.get_subtasks(check_task(task_name)):
+    if not isinstance(task.source, seqio.TfdsDataSource):
+      continue
+    loader = task.source.tfds_dataset
+    builder = loader.builder
+    if not builder.is_prepared():
+      raise ConfigError(
+          "TFDS dataset %s is not prepared in %s: prepare it there (e.g. "
+          "`tfds build %s --data_dir=DIR`; C4 needs Apache Beam) or point "
+          "--tfds_data_dir at a copy" % (
+              loader.name, builder.data_dir, loader.name.split(":")[0]))
+
+
 def check_nonempty(task_name, split, model):
   """One clear line if ``split`` of the task yields no example."""
+  check_tfds_prepared(task_name)
   task = check_task(task_name)
   dataset = task.get_dataset(model._sequence_length, split=split,  # pylint: disable=protected-access
                              shuffle=False, num_epochs=1)

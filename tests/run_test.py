@@ -1,6 +1,7 @@
 """switch-mtf train / eval through t5's MtfModel (part of the training issue):
 train on a 2-device expert-parallel mesh, resume from the last checkpoint,
 evaluate the checkpoint on a 1-device layout, and the bad-input paths."""
+import json
 import os
 import re
 import shutil
@@ -178,6 +179,12 @@ def test_eval_on_another_layout(trained):
      "split of task 'switch_mtf_test_empty' has no examples"),
     (["train", "--gin_file=layouts/cpu_1", "--steps=1",
       "--module_import=no_such_module"], "--module_import=no_such_module"),
+    (["train", "--gin_file=layouts/cpu_1", "--steps=1", "--task=glue_mrpc",
+      "--vocabulary=embedded", "--tfds_data_dir=/nonexistent/tfds"],
+     "TFDS dataset glue/mrpc:2.0.0 is not prepared in /nonexistent/tfds"),
+    (["train", "--gin_file=layouts/cpu_1", "--steps=1", "--task=glue_mrpc",
+      "--vocabulary=/nonexistent/spm.model"],
+     "cannot read the SentencePiece vocabulary /nonexistent/spm.model"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -212,7 +219,7 @@ def test_finetune_on_qa_with_expert_dropout_then_task_metrics(trained,
   result = _cli("eval", *MODEL, "--gin_file=layouts/cpu_1", QA,
                 "--model_dir", new_dir)
   assert result.returncode == 0, result.stderr[-3000:]
-  match = re.search(r"^step (\d+): validation accuracy ([0-9.]+)$",
+  match = re.search(r"^step (\d+): validation em ([0-9.]+)$",
                     result.stdout, re.M)
   assert match, result.stdout
   eval_dir = os.path.join(new_dir, "validation_eval")
@@ -223,9 +230,20 @@ def test_finetune_on_qa_with_expert_dropout_then_task_metrics(trained,
   with open(os.path.join(eval_dir,
                          "switch_mtf_embedded_closed_book_qa_targets")) as f:
     targets = f.read().split("\n")
-  assert len(predictions) == len(targets) == 360
-  expected = 100 * sum(p == t for p, t in zip(predictions, targets)) / 360
+  from switch_mtf import corpus  # pylint: disable=g-import-not-at-top
+  count = len(corpus.closed_book_qa()["validation"])
+  assert len(predictions) == len(targets) == count
+  # SQuAD exact match: answers compared after normalization.
+  from t5.evaluation import qa_utils  # pylint: disable=g-import-not-at-top
+  expected = 100 * sum(
+      qa_utils.normalize_squad(p) == qa_utils.normalize_squad(t)
+      for p, t in zip(predictions, targets)) / count
   assert float(match.group(2)) == pytest.approx(expected, abs=1e-3)
+  with open(os.path.join(eval_dir, "results-%s.json" % match.group(1))) as f:
+    results = json.load(f)
+  assert results["metrics"]["em"] == pytest.approx(expected, abs=1e-3)
+  assert 0 <= results["metrics"]["f1"] <= 100
+  assert results["examples"] == count and results["neg_log_perplexity"] < 0
 
 
 def test_predict_decodes_each_input_line(trained, tmp_path):

@@ -1,0 +1,79 @@
+"""Vocabularies for switch_mtf's tasks.
+
+- Real runs: T5's SentencePiece vocabulary (32k pieces + 100 sentinels),
+  read from a configurable path; the public bucket path is the default.
+- Offline: a SentencePiece vocabulary trained from the embedded corpus (with
+  the same 100 sentinels), built once and cached on disk.
+"""
+import io
+import os
+import tempfile
+
+import seqio
+import tensorflow.compat.v1 as tf
+
+from switch_mtf import corpus
+from switch_mtf.errors import ConfigError
+
+T5_VOCABULARY = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
+EXTRA_IDS = 100
+
+
+def sentencepiece(path=T5_VOCABULARY, extra_ids=EXTRA_IDS):
+  """A SentencePiece vocabulary at ``path``; one clear error if unreadable.
+
+  The model file is read here (seqio would read it lazily, at the first
+  encode, deep inside a data pipeline).
+  """
+  try:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      model = f.read()
+  except (tf.errors.OpError, OSError) as e:
+    raise ConfigError(
+        "cannot read the SentencePiece vocabulary %s (%s): copy T5's (gsutil "
+        "cp %s .) and pass --vocabulary=/path/to/sentencepiece.model, or use "
+        "--vocabulary=embedded offline" % (
+            path, str(e).splitlines()[0][:120], T5_VOCABULARY)) from None
+  if not model:
+    raise ConfigError("the SentencePiece vocabulary %s is empty" % path)
+  return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+
+
+def _default_cache_dir():
+  return os.path.join(os.environ.get("XDG_CACHE_HOME",
+                                     os.path.expanduser("~/.cache")),
+                      "switch_mtf")
+
+
+def embedded_sentencepiece(vocab_size=2000, seed=0, cache_dir=None,
+                           extra_ids=EXTRA_IDS):
+  """A unigram SentencePiece model trained on the embedded corpus's train
+  articles (pad 0, eos 1, unk 2, no bos, like T5's), cached as
+  ``<cache_dir>/embedded_spm_<seed>_<vocab_size>.model``."""
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  cache_dir = cache_dir or _default_cache_dir()
+  path = os.path.join(cache_dir, "embedded_spm_%d_%d.model" % (seed,
+                                                               vocab_size))
+  if not os.path.exists(path):
+    os.makedirs(cache_dir, exist_ok=True)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus.generate(seed=seed)["train"]),
+        model_writer=model, vocab_size=vocab_size, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0,
+        num_threads=1, minloglevel=2)
+    # Written whole, then renamed: a killed build never leaves half a model.
+    handle, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
+    with os.fdopen(handle, "wb") as f:
+      f.write(model.getvalue())
+    os.replace(tmp, path)
+  return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+
+
+def from_flag(value, cache_dir=None):
+  """``--vocabulary``: "embedded", "bytes", or a SentencePiece model path."""
+  if value in (None, "", "embedded"):
+    return embedded_sentencepiece(cache_dir=cache_dir)
+  if value == "bytes":
+    return seqio.ByteVocabulary(extra_ids=EXTRA_IDS)
+  return sentencepiece(value)
