@@ -48,13 +48,14 @@ def _run_setup(args):
   from switch_mtf import run  # pylint: disable=g-import-not-at-top
   import importlib  # pylint: disable=g-import-not-at-top
   _quiet_tensorflow_logs()
-  _register_tasks(args)
+  import tasks.local  # pylint: disable=g-import-not-at-top,unused-import
   for name in args.module_import:
     try:
       importlib.import_module(name)
     except ImportError as e:
       raise ConfigError("--module_import=%s: %s" % (name, e)) from None
   config.parse(args.gin_file, args.gin_param)
+  _register_tasks(args)
   run.check_task(args.task)
   lengths = config.query("utils.run.sequence_length",
                          {"inputs": 512, "targets": 114})
@@ -64,9 +65,15 @@ def _run_setup(args):
 _TFDS_TASK_PREFIXES = ("c4_", "glue_", "super_glue_", "squad_")
 
 
+def _default_vocabulary(vocabulary):
+  from tasks import vocabularies  # pylint: disable=g-import-not-at-top
+  return vocabulary or vocabularies.sentencepiece(vocabularies.T5_VOCABULARY)
+
+
 def _register_tasks(args):
   """The embedded tasks, and (only when asked for) the TFDS ones of
-  tasks/text_to_text.py with --vocabulary and --tfds_data_dir."""
+  tasks/text_to_text.py (--vocabulary, --tfds_data_dir) or the local-file
+  ones of tasks/local.py (files bound in gin: local_data.*)."""
   from switch_mtf import embedded_task  # pylint: disable=g-import-not-at-top
   vocabulary = None
   if args.vocabulary:
@@ -76,10 +83,11 @@ def _register_tasks(args):
   embedded_task.register_closed_book_qa(vocabulary=vocabulary)
   if args.task.startswith(_TFDS_TASK_PREFIXES):
     from tasks import text_to_text  # pylint: disable=g-import-not-at-top
-    from tasks import vocabularies  # pylint: disable=g-import-not-at-top
-    text_to_text.register_all(
-        vocabulary or vocabularies.sentencepiece(vocabularies.T5_VOCABULARY),
-        args.tfds_data_dir)
+    text_to_text.register_all(_default_vocabulary(vocabulary),
+                              args.tfds_data_dir)
+  if args.task.startswith("local_"):
+    from tasks import local  # pylint: disable=g-import-not-at-top
+    local.register(_default_vocabulary(vocabulary))   # files: from gin
 
 
 def _require_checkpoint(run, model_dir):

@@ -13,6 +13,7 @@ models against each other, never to compare with published numbers.
 
 Plain Python, no TensorFlow.
 """
+import functools
 import random
 
 _ONSETS = ["b", "br", "c", "d", "dr", "f", "g", "gl", "h", "k", "l", "m", "n",
@@ -66,8 +67,10 @@ def _unique_names(rng, count, syllables):
   return sorted(names)
 
 
+@functools.lru_cache(maxsize=4)
 def _entities(seed, num_cities, num_people, sentences_per_doc):
-  """[(facts, kind, split, docs)] in generation order."""
+  """((facts, kind, split, docs), ...) in generation order (cached: treat
+  as read-only)."""
   rng = random.Random(seed)
   countries = _unique_names(rng, 12, (2, 3))
   rivers = _unique_names(rng, 40, (2,))
@@ -99,16 +102,22 @@ def _entities(seed, num_cities, num_people, sentences_per_doc):
     for _ in range(2):
       chosen = rng.sample(templates, min(sentences_per_doc, len(templates)))
       docs.append(" ".join(t.format(**facts) for t in chosen))
-    result.append((facts, kind, "validation" if i % 10 == 0 else "train",
-                   docs))
-  return result
+    result.append((facts, kind,
+                   "validation" if i % VALIDATION_EVERY == 0 else "train",
+                   tuple(docs)))
+  return tuple(result)
 
 
-def generate(seed=0, num_cities=400, num_people=600, sentences_per_doc=6):
+NUM_CITIES, NUM_PEOPLE = 2000, 3000   # about 3.4 MB of text
+VALIDATION_EVERY = 50                  # 2% of the entities
+
+
+def generate(seed=0, num_cities=NUM_CITIES, num_people=NUM_PEOPLE,
+             sentences_per_doc=6):
   """Returns {"train": [docs], "validation": [docs]} (docs are strings).
 
-  Every entity gets two articles with different sentences; 10% of the
-  entities (and all their articles) go to validation.
+  Every entity gets two articles with different sentences; every 50th
+  entity (and all its articles) goes to validation.
   """
   split = {"train": [], "validation": []}
   for _, _, name, docs in _entities(seed, num_cities, num_people,
@@ -129,7 +138,7 @@ _QUESTIONS = {
 }
 
 
-def closed_book_qa(seed=0, num_cities=400, num_people=600,
+def closed_book_qa(seed=0, num_cities=NUM_CITIES, num_people=NUM_PEOPLE,
                    sentences_per_doc=6):
   """Questions about the entities of the pre-training (train) articles:
   {"train": [(question, answer)], "validation": [...]}.
@@ -137,7 +146,7 @@ def closed_book_qa(seed=0, num_cities=400, num_people=600,
   The answers are in the pre-training text, never in the question: a model
   can only answer from what it memorized (closed-book QA, as the paper's
   Natural Questions / TriviaQA fine-tuning).  Only facts that the entity's
-  articles state are asked.  Questions about every tenth train entity are
+  articles state are asked.  Questions about every 50th train entity are
   held out for validation.
   """
   qa = {"train": [], "validation": []}
@@ -146,7 +155,7 @@ def closed_book_qa(seed=0, num_cities=400, num_people=600,
                                             sentences_per_doc):
     if split != "train":
       continue
-    name = "validation" if seen % 10 == 0 else "train"
+    name = "validation" if seen % VALIDATION_EVERY == 0 else "train"
     seen += 1
     text = " ".join(docs)
     for question, key in _QUESTIONS[kind]:

@@ -26,7 +26,7 @@ def features(vocabulary):
           "targets": seqio.Feature(vocabulary, add_eos=True)}
 
 
-def _add(name, **kwargs):
+def add_task(name, **kwargs):
   """Registers a task, replacing one of the same name (a new vocabulary)."""
   if name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)
@@ -54,7 +54,7 @@ def span_corruption_preprocessors():
 def register_c4(vocabulary, tfds_data_dir=None, version=None,
                 name="c4_span_corruption"):
   """C4 (en) span corruption, T5's ``c4_v220_span_corruption`` recipe."""
-  return _add(
+  return add_task(
       name, source=seqio.TfdsDataSource(
           "c4/en:%s" % (version or VERSIONS["c4"]),
           tfds_data_dir=tfds_data_dir),
@@ -97,7 +97,7 @@ def register_glue(vocabulary, tfds_data_dir=None, version=None,
       preprocessors = text_preprocessor + preprocessors[1:]
     name = "%s_%s" % (benchmark, config.name)
     splits = ["test"] if config.name in ("ax", "axb", "axg") else None
-    _add(name, source=seqio.TfdsDataSource(
+    add_task(name, source=seqio.TfdsDataSource(
         "%s/%s:%s" % (benchmark, config.name, version),
         tfds_data_dir=tfds_data_dir, splits=splits),
          preprocessors=preprocessors, output_features=features(vocabulary),
@@ -117,7 +117,7 @@ def register_squad(vocabulary, tfds_data_dir=None, version=None,
                    name="squad_v1_1"):
   """SQuAD v1.1: "question: ... context: ..." -> the first answer; metric:
   exact match and F1 over all answers (SQuAD's normalization)."""
-  return _add(
+  return add_task(
       name, source=seqio.TfdsDataSource(
           "squad/v1.1:%s" % (version or VERSIONS["squad"]),
           tfds_data_dir=tfds_data_dir),
