@@ -131,10 +131,19 @@ def _eval(args):
   results = dict(task=args.task, split=args.split, step=step,
                  neg_log_perplexity=value, examples=examples,
                  target_tokens=tokens, metrics={})
-  if run.check_task(args.task).metric_fns:
+  import seqio  # pylint: disable=g-import-not-at-top
+  from switch_mtf import metrics  # pylint: disable=g-import-not-at-top
+  subtasks = seqio.get_subtasks(run.check_task(args.task))
+  if any(t.metric_fns for t in subtasks):
     results["metrics"] = run.task_metrics(model, args.task, args.split)
-    for name, metric in results["metrics"].items():
-      print("step %d: %s %s %.4f" % (step, args.split, name, metric))
+    for task, values in sorted(results["metrics"].items()):
+      for name, value in sorted(values.items()):
+        print("step %d: %s %s %s %.4f" % (step, args.split, task, name,
+                                          value))
+    if len(subtasks) > 1:
+      results["average"] = metrics.benchmark_average(results["metrics"])
+      print("step %d: %s %s average %.4f" % (step, args.split, args.task,
+                                             results["average"]))
   path = os.path.join(args.model_dir, "%s_eval" % args.split,
                       "results-%d.json" % step)
   os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -201,15 +201,15 @@ def neg_log_perplexity(model, task_name, split="validation",
 
 
 def task_metrics(model, task_name, split="validation"):
-  """Decodes ``split`` with the latest checkpoint and applies the task's
-  metric functions (upstream ``MtfModel.eval``); returns {metric: value}."""
+  """Decodes ``split`` with the latest checkpoint and applies the metric
+  functions of the task (or of each task of a mixture), through upstream
+  ``MtfModel.eval``; returns {task: {metric: value}}."""
   import os  # pylint: disable=g-import-not-at-top
   step = latest_step(model._model_dir)  # pylint: disable=protected-access
   summary_dir = os.path.join(model._model_dir, "%s_eval" % split)  # pylint: disable=protected-access
   tf.io.gfile.makedirs(summary_dir)   # upstream writes the targets there
   model.eval(task_name, checkpoint_steps=-1, split=split,
              summary_dir=summary_dir)
-  prefix = "eval/%s/" % task_name
   values = {}
   for name in sorted(tf.io.gfile.listdir(summary_dir)):
     if "tfevents" not in name:
@@ -218,8 +218,9 @@ def task_metrics(model, task_name, split="validation"):
       if event.step != step:
         continue
       for value in event.summary.value:
-        if value.tag.startswith(prefix):
-          values[value.tag[len(prefix):]] = value.simple_value
+        parts = value.tag.split("/")
+        if len(parts) == 3 and parts[0] == "eval":
+          values.setdefault(parts[1], {})[parts[2]] = value.simple_value
   return values
 
 

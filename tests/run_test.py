@@ -223,7 +223,8 @@ def test_finetune_on_qa_with_expert_dropout_then_task_metrics(trained,
   result = _cli("eval", *MODEL, "--gin_file=layouts/cpu_1", QA,
                 "--model_dir", new_dir)
   assert result.returncode == 0, result.stderr[-3000:]
-  match = re.search(r"^step (\d+): validation em ([0-9.]+)$",
+  match = re.search(r"^step (\d+): validation "
+                    r"switch_mtf_embedded_closed_book_qa em ([0-9.]+)$",
                     result.stdout, re.M)
   assert match, result.stdout
   eval_dir = os.path.join(new_dir, "validation_eval")
@@ -245,8 +246,9 @@ def test_finetune_on_qa_with_expert_dropout_then_task_metrics(trained,
   assert float(match.group(2)) == pytest.approx(expected, abs=1e-3)
   with open(os.path.join(eval_dir, "results-%s.json" % match.group(1))) as f:
     results = json.load(f)
-  assert results["metrics"]["em"] == pytest.approx(expected, abs=1e-3)
-  assert 0 <= results["metrics"]["f1"] <= 100
+  qa = results["metrics"]["switch_mtf_embedded_closed_book_qa"]
+  assert qa["em"] == pytest.approx(expected, abs=1e-3)
+  assert 0 <= qa["f1"] <= 100
   assert results["examples"] == count and results["neg_log_perplexity"] < 0
 
 

@@ -174,3 +174,14 @@ def test_embedded_corpus_and_qa_are_deterministic_and_disjoint():
   # Every answer is in the pre-training text (closed book, not unanswerable).
   text = " ".join(first["train"])
   assert all(answer in text for _, answer in qa["validation"])
+
+
+def test_benchmark_average_is_the_mean_of_task_means():
+  from switch_mtf import metrics  # pylint: disable=g-import-not-at-top
+  per_task = {"glue_mrpc": {"f1": 80.0, "accuracy": 70.0},   # 75
+              "glue_cola": {"matthews_corrcoef": 30.0},      # 30
+              "glue_stsb": {"pearson_corrcoef": 90.0,
+                            "spearman_corrcoef": 88.0},      # 89
+              "glue_ax": {}}                                  # no metric
+  assert metrics.benchmark_average(per_task) == pytest.approx(
+      (75 + 30 + 89) / 3)
