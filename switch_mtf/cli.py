@@ -123,7 +123,9 @@ def _train(args):
 def _eval(args):
   run, lengths = _run_setup(args)
   step = _require_checkpoint(run, args.model_dir)
-  model = _make_model(run, args, lengths)
+  beam = getattr(args, "beam_size", 1)
+  model = _make_model(run, args, lengths, gin_bindings=(
+      ["Bitransformer.decode.beam_size = %d" % beam] if beam > 1 else []))
   value, examples, tokens = run.neg_log_perplexity(model, args.task,
                                                    args.split)
   print("step %d: %s neg_log_perplexity %.4f (%d examples, %d target "
@@ -253,6 +255,9 @@ def _add_run_flags(parser, train):
     parser.add_argument("--keep_checkpoint_max", type=int, default=5)
   else:
     parser.add_argument("--split", default="validation")
+    parser.add_argument("--beam_size", type=int, default=1,
+                        help="eval/predict decoding: greedy (1) or beam "
+                        "search")
 
 
 def _add_gin_flags(parser):
@@ -355,7 +360,6 @@ def main(argv=None):
   _add_run_flags(predict, train=False)
   predict.add_argument("--input_file", required=True)
   predict.add_argument("--output_file", required=True)
-  predict.add_argument("--beam_size", type=int, default=1)
   predict.set_defaults(func=_predict)
   args = parser.parse_args(argv)
   try:

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import seqio
+import tensorflow_datasets as tfds
 
 from switch_mtf.errors import ConfigError
 from tasks import local
@@ -17,7 +18,7 @@ GOOD = ["The city of Kistaezi lies on the Fekiol river.",
 def _texts(task, split, key):
   dataset = task.get_dataset(None, split=split, shuffle=False,
                              try_in_mem_cache=False)
-  return [VOCAB.decode(list(ex[key])) for ex in dataset.as_numpy_iterator()]
+  return [VOCAB.decode(list(ex[key])) for ex in tfds.as_numpy(dataset)]
 
 
 def test_json_lines_pretraining_skips_and_counts_bad_records(tmp_path):
@@ -30,13 +31,13 @@ def test_json_lines_pretraining_skips_and_counts_bad_records(tmp_path):
     f.write((json.dumps({"text": GOOD[1]}) + "\n").encode())
   counters = local.register(VOCAB, pretraining={"train": str(path)})
   task = seqio.get_mixture_or_task(local.PRETRAINING)
-  records = list(task.source.get_dataset("train").as_numpy_iterator())
+  records = list(tfds.as_numpy(task.source.get_dataset("train")))
   assert [r["text"].decode() for r in records] == GOOD
   assert counters[local.PRETRAINING].count == 3
   # The whole chain (span corruption) runs on it.
-  example = next(task.get_dataset({"inputs": 32, "targets": 8},
-                                  split="train", shuffle=False,
-                                  try_in_mem_cache=False).as_numpy_iterator())
+  example = next(iter(tfds.as_numpy(task.get_dataset(
+      {"inputs": 32, "targets": 8}, split="train", shuffle=False,
+      try_in_mem_cache=False))))
   assert len(example["inputs"]) == 32
 
 
@@ -49,8 +50,8 @@ def test_plain_text_and_tsv_files(tmp_path):
       VOCAB, pretraining={"train": str(tmp_path / "*.txt")},
       text_to_text_files={"train": str(tmp_path / "train.tsv")})
   pretraining = seqio.get_mixture_or_task(local.PRETRAINING)
-  assert [r["text"].decode() for r in pretraining.source.get_dataset(
-      "train").as_numpy_iterator()] == GOOD
+  assert [r["text"].decode() for r in tfds.as_numpy(
+      pretraining.source.get_dataset("train"))] == GOOD
   task = seqio.get_mixture_or_task(local.TEXT_TO_TEXT)
   assert _texts(task, "train", "targets") == ["Kistaezi", "1432"]
   assert counters[local.TEXT_TO_TEXT].count == 1
