@@ -199,6 +199,27 @@ def _finetune(args):
       step, run.latest_step(args.model_dir), args.model_dir))
 
 
+def _upcycle(args):
+  from switch_mtf import upcycling  # pylint: disable=g-import-not-at-top
+  run, lengths = _run_setup(args)
+  prefix = os.path.join(args.model_dir, "upcycled", "model.ckpt-0")
+  if run.latest_step(args.model_dir) is None:
+    upcycling.upcycle(args.dense_model_dir, prefix,
+                      run.vocabulary(args.task).vocab_size, lengths,
+                      args.batch_size)
+    print("upcycled %s into %s (every expert a copy of the dense "
+          "feed-forward layer, a new router)" % (args.dense_model_dir,
+                                                  prefix))
+  model = _make_model(run, args, lengths, learning_rate=args.learning_rate,
+                      save_checkpoints_steps=args.save_checkpoints_steps,
+                      keep_checkpoint_max=args.keep_checkpoint_max)
+  run.train(model, args.task, args.steps, seed=args.seed,
+            every=args.log_every, router_every=args.router_every,
+            init_checkpoint=prefix)
+  print("trained the upcycled model to step %d; checkpoints in %s"
+        % (run.latest_step(args.model_dir), args.model_dir))
+
+
 def _predict(args):
   run, lengths = _run_setup(args)
   _require_checkpoint(run, args.model_dir)
@@ -353,6 +374,14 @@ def main(argv=None):
   _add_run_flags(finetune, train=True)
   finetune.add_argument("--pretrained_model_dir", required=True)
   finetune.set_defaults(func=_finetune)
+
+  upcycle = commands.add_parser(
+      "upcycle", help="sparse upcycling: start the gin Switch model from "
+      "the latest checkpoint of a dense model (every expert a copy of the "
+      "dense feed-forward layer, a new router), then train --steps steps")
+  _add_run_flags(upcycle, train=True)
+  upcycle.add_argument("--dense_model_dir", required=True)
+  upcycle.set_defaults(func=_upcycle)
 
   predict = commands.add_parser(
       "predict", help="decode the lines of --input_file with the latest "

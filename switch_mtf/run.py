@@ -90,11 +90,14 @@ def make_model(model_dir, batch_size, sequence_length, learning_rate=None,
       + dtype_bindings + list(gin_bindings))
 
 
-def train(model, task_name, steps, seed=0, every=10, router_every=100):
-  """Trains to global step ``steps`` (resuming from the latest checkpoint)."""
+def train(model, task_name, steps, seed=0, every=10, router_every=100,
+          init_checkpoint=None):
+  """Trains to global step ``steps`` (resuming from the latest checkpoint;
+  a new run starts from ``init_checkpoint`` if given)."""
   check_nonempty(task_name, "train", model)
   return training.train(model, task_name, steps, seed=seed, every=every,
-                        router_every=router_every)
+                        router_every=router_every,
+                        init_checkpoint=init_checkpoint)
 
 
 def finetune(model, task_name, finetune_steps, pretrained_model_dir, seed=0,
