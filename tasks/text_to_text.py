@@ -104,11 +104,12 @@ def register_glue(vocabulary, tfds_data_dir=None, version=None,
          metric_fns=metric(config.name),
          postprocess_fn=glue_utils.get_glue_postprocess_fn(config))
     names.append(name)
-    # T5's rates: train-set sizes (0 for the evaluation-only sets).
+    # T5's rates: train-set sizes; 0 for the evaluation-only sets (e.g.
+    # MNLI matched/mismatched), which stay in the mixture, as in T5, so that
+    # evaluating the mixture covers them.
     t5_name = ("glue_%s_v002" if benchmark == "glue"
                else "super_glue_%s_v102") % config.name
-    if weights.get(t5_name, 0) > 0:
-      rates.append((name, weights[t5_name]))
+    rates.append((name, float(weights.get(t5_name, 0))))
   _add_mixture("%s_proportional" % benchmark, rates)
   return names
 

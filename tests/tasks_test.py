@@ -55,9 +55,14 @@ def _all_tasks():
 def test_all_tfds_tasks_are_registered(registered):
   assert len(registered["glue"]) == 12 and len(registered["super_glue"]) == 9
   mixture = seqio.get_mixture_or_task("glue_proportional")
-  assert {t.name for t in mixture.tasks} == {
-      "glue_cola", "glue_sst2", "glue_mrpc", "glue_qqp", "glue_stsb",
-      "glue_mnli", "glue_qnli", "glue_rte"}
+  trained = {t.name for t in mixture.tasks if mixture.get_rate(t) > 0}
+  assert trained == {"glue_cola", "glue_sst2", "glue_mrpc", "glue_qqp",
+                     "glue_stsb", "glue_mnli", "glue_qnli", "glue_rte"}
+  # Evaluation-only sets are in the mixture with rate 0 (as in T5), so that
+  # evaluating the mixture on "validation" covers MNLI matched/mismatched.
+  assert mixture.get_rate(seqio.get_mixture_or_task("glue_mnli_matched")) == 0
+  assert {"glue_mnli_matched", "glue_mnli_mismatched"} <= {
+      t.name for t in mixture.tasks}
   assert "super_glue_boolq" in {
       t.name for t in seqio.get_mixture_or_task(
           "super_glue_proportional").tasks}
