@@ -74,13 +74,13 @@ def _register_tasks(args):
   """The embedded tasks, and (only when asked for) the TFDS ones of
   tasks/text_to_text.py (--vocabulary, --tfds_data_dir) or the local-file
   ones of tasks/local.py (files bound in gin: local_data.*)."""
-  from switch_mtf import embedded_task  # pylint: disable=g-import-not-at-top
+  from tasks import embedded  # pylint: disable=g-import-not-at-top
   vocabulary = None
   if args.vocabulary:
     from tasks import vocabularies  # pylint: disable=g-import-not-at-top
     vocabulary = vocabularies.from_flag(args.vocabulary)
-  embedded_task.register(vocabulary=vocabulary)
-  embedded_task.register_closed_book_qa(vocabulary=vocabulary)
+  embedded.register(vocabulary=vocabulary)
+  embedded.register_closed_book_qa(vocabulary=vocabulary)
   if args.task.startswith(_TFDS_TASK_PREFIXES):
     from tasks import text_to_text  # pylint: disable=g-import-not-at-top
     text_to_text.register_all(_default_vocabulary(vocabulary),
@@ -90,12 +90,12 @@ def _register_tasks(args):
     local.register(_default_vocabulary(vocabulary))   # files: from gin
 
 
-def _require_checkpoint(run, model_dir):
+def _require_checkpoint(run, model_dir, flag="--model_dir"):
   """The latest checkpoint step in ``model_dir``; one line if there is none."""
   step = run.latest_step(model_dir)
   if step is None:
-    raise ConfigError("no checkpoint in --model_dir=%s: train first"
-                      % model_dir)
+    raise ConfigError("no checkpoint in %s=%s: train first" % (flag,
+                                                             model_dir))
   return step
 
 
@@ -105,8 +105,8 @@ def _make_model(run, args, lengths, **kwargs):
                         **kwargs)
 
 
-def _train(args):
-  run, lengths = _run_setup(args)
+def _train(args, setup=None, init_checkpoint=None):
+  run, lengths = setup or _run_setup(args)
   model = _make_model(run, args, lengths, learning_rate=args.learning_rate,
                       save_checkpoints_steps=args.save_checkpoints_steps,
                       keep_checkpoint_max=args.keep_checkpoint_max)
@@ -115,7 +115,8 @@ def _train(args):
     print("resuming from the checkpoint at step %d in %s"
           % (start, args.model_dir))
   run.train(model, args.task, args.steps, seed=args.seed,
-            every=args.log_every, router_every=args.router_every)
+            every=args.log_every, router_every=args.router_every,
+            init_checkpoint=init_checkpoint)
   print("trained to step %d; checkpoints in %s"
         % (run.latest_step(args.model_dir), args.model_dir))
 
@@ -183,10 +184,8 @@ def _score(args):
 
 def _finetune(args):
   run, lengths = _run_setup(args)
-  step = run.latest_step(args.pretrained_model_dir)
-  if step is None:
-    raise ConfigError("no checkpoint in --pretrained_model_dir=%s"
-                      % args.pretrained_model_dir)
+  step = _require_checkpoint(run, args.pretrained_model_dir,
+                             "--pretrained_model_dir")
   bindings = run.run_file_bindings("runs/finetune") + list(args.gin_param)
   model = _make_model(
       run, args, lengths, learning_rate=args.learning_rate or 1e-3,
@@ -210,14 +209,7 @@ def _upcycle(args):
     print("upcycled %s into %s (every expert a copy of the dense "
           "feed-forward layer, a new router)" % (args.dense_model_dir,
                                                   prefix))
-  model = _make_model(run, args, lengths, learning_rate=args.learning_rate,
-                      save_checkpoints_steps=args.save_checkpoints_steps,
-                      keep_checkpoint_max=args.keep_checkpoint_max)
-  run.train(model, args.task, args.steps, seed=args.seed,
-            every=args.log_every, router_every=args.router_every,
-            init_checkpoint=prefix)
-  print("trained the upcycled model to step %d; checkpoints in %s"
-        % (run.latest_step(args.model_dir), args.model_dir))
+  _train(args, setup=(run, lengths), init_checkpoint=prefix)
 
 
 def _predict(args):

@@ -18,19 +18,20 @@ Patches:
      Where the graph has a global step (the Estimator path), the ops are
      stateless and also keyed by the step, so a run resumed from a checkpoint
      draws the numbers the uninterrupted run would have drawn.
-  2b. Mesh TF's train op increments the global step with no ordering against
-     the model's reads of it (tf.Print shows the race: step 4 printed as 3),
-     so the learning rate and the step-keyed random numbers could see either
-     step.  ``stable_global_step()`` is one read of the step that
-     ``order_step_increment()`` (called by our training hook before the graph
-     is finalized) makes the increment wait for.
-  3. ``mesh_tensorflow.transformer.utils`` imports ``pkg_resources``, which
+  3. Mesh TF's train op increments the global step with no ordering against
+     the model's reads of it (tf.Print showed step 4 printed as 3), so the
+     learning rate, Adafactor's decay and the step-keyed random numbers
+     could see either step.  ``order_step_increment()`` (called by our
+     training hook before the graph is finalized) makes the increment wait
+     for every read of the step that the parameter updates depend on;
+     ``stable_global_step()`` is the one read the random ops share.
+  4. ``mesh_tensorflow.transformer.utils`` imports ``pkg_resources``, which
      setuptools >= 82 no longer ships.  We only check for it and say what to do.
-  4. Mesh TF's scalar summaries (``mtf.scalar_summary``: the loss, our
+  5. Mesh TF's scalar summaries (``mtf.scalar_summary``: the loss, our
      router health) reach TensorBoard only through the TPU host call.  On
      CPU/GPU placement meshes we also emit a ``tf.summary.scalar`` so that
      the Estimator's summary hook writes them.
-  5. Mesh TF's ``get_estimator`` builds a RunConfig without
+  6. Mesh TF's ``get_estimator`` builds a RunConfig without
      ``tf_random_seed``, so variable initializers differ in every run;
      ``seed_estimator`` sets it.
   7. TensorFlow's ``CheckpointSaverHook`` saves again at the start of every
@@ -40,7 +41,7 @@ Patches:
   8. Mesh TF's model function ``tf.Print``s "step, tf_loss" to stderr on
      every CPU/GPU step (and reads the step racily for it).  Our progress
      lines replace it: its module sees a ``tf`` whose ``Print`` is identity.
-  6. ``t5/models/__init__.py`` imports the Hugging Face model and so torch,
+  9. ``t5/models/__init__.py`` imports the Hugging Face model and so torch,
      which a Mesh TF user does not need.  We register ``t5.models`` as a bare
      package (its real directory, without running its ``__init__``), so that
      ``t5.models.mtf_model`` and ``t5.models.mesh_transformer`` import
@@ -94,7 +95,7 @@ def stable_global_step():
 
 def order_step_increment(graph):
   """Makes the global-step increments of ``graph`` wait for every read of
-  the step that the parameter updates depend on (see 2b): the learning rate,
+  the step that the parameter updates depend on (see 3): the learning rate,
   Adafactor's decay, the step-keyed random numbers.  Call before the graph
   is finalized; returns the number of reads ordered."""
   import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
@@ -133,7 +134,7 @@ def lowered_scalars(graph):
 
 
 def seed_estimator(estimator, seed):
-  """Sets the graph-level seed of an upstream Estimator (see 5)."""
+  """Sets the graph-level seed of an upstream Estimator (see 6)."""
   estimator._config = estimator._config.replace(tf_random_seed=seed)  # pylint: disable=protected-access
   return estimator
 

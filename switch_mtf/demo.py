@@ -13,9 +13,10 @@ import json
 import os
 
 from switch_mtf import config
-from switch_mtf import embedded_task
 from switch_mtf import run as run_lib
+from switch_mtf import training
 from switch_mtf.errors import ConfigError
+from tasks import embedded
 
 
 def run(steps=600, num_devices=2, num_experts=8, seed=0,
@@ -26,7 +27,7 @@ def run(steps=600, num_devices=2, num_experts=8, seed=0,
   if not os.path.exists(config.resolve(layout)):
     raise ConfigError("--devices=%d: the demo has layouts for 2, 4 or 8 "
                       "devices (gin/layouts/cpu_ep_*.gin)" % num_devices)
-  task = embedded_task.register()
+  task = embedded.register()
   config.parse(["models/small/switch_8", layout],
                ["SwitchFFN.num_experts = %d" % num_experts])
   lengths = config.query("utils.run.sequence_length")
@@ -42,12 +43,10 @@ def run(steps=600, num_devices=2, num_experts=8, seed=0,
                            every=max(1, min(25, steps // 10)),
                            router_every=max(steps // 3, 1))
   nlp, examples, tokens = run_lib.neg_log_perplexity(model, task.name)
-  values = progress.last_values
-  loads = {}
-  for tag, value in values.items():
-    scope, _, metric = tag.rpartition("/router/")
-    if metric in ("max_expert_load", "min_expert_load"):
-      loads.setdefault(scope, {})[metric[:3]] = round(value, 4)
+  loads = {scope: {"max": round(m["max_expert_load"], 4),
+                   "min": round(m["min_expert_load"], 4)}
+           for scope, m in training.router_metrics_by_layer(
+               progress.last_values).items()}
   history = progress.history
   summary = dict(
       steps=run_lib.latest_step(model_dir), steps_this_run=progress.

@@ -20,7 +20,6 @@ Dropped tokens get exactly 0 from this layer; the residual connection around
 it carries them to the next layer unchanged.
 """
 import dataclasses
-import typing
 import weakref
 
 import gin

@@ -8,6 +8,8 @@ writes the ``checkpoint`` index only after a checkpoint's files are
 complete), and runs the same model function on CPU/GPU placement meshes and
 on TPU (SIMD).  ``compat`` makes ``t5.models`` importable without torch.
 """
+import os
+
 import gin
 import numpy as np
 import seqio
@@ -15,7 +17,6 @@ from t5.models import mesh_transformer
 from t5.models import mtf_model
 import tensorflow.compat.v1 as tf
 
-from switch_mtf import compat
 from switch_mtf import config
 from switch_mtf import training
 from switch_mtf.errors import ConfigError
@@ -31,9 +32,6 @@ def constant_learning_rate(value):
 def rsqrt_learning_rate(step, total_train_steps=None, warmup_steps=10000):
   """T5's pre-training schedule: 1/sqrt(max(step, warmup_steps))."""
   del total_train_steps
-  # The step before this update's increment (upstream reads race with it).
-  stable = compat.stable_global_step()
-  step = stable if stable is not None else step
   return tf.math.rsqrt(tf.maximum(tf.cast(step, tf.float32),
                                   float(warmup_steps)))
 
@@ -207,7 +205,6 @@ def task_metrics(model, task_name, split="validation"):
   """Decodes ``split`` with the latest checkpoint and applies the metric
   functions of the task (or of each task of a mixture), through upstream
   ``MtfModel.eval``; returns {task: {metric: value}}."""
-  import os  # pylint: disable=g-import-not-at-top
   step = latest_step(model._model_dir)  # pylint: disable=protected-access
   summary_dir = os.path.join(model._model_dir, "%s_eval" % split)  # pylint: disable=protected-access
   tf.io.gfile.makedirs(summary_dir)   # upstream writes the targets there

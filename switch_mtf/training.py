@@ -92,13 +92,20 @@ def mean_over_layers(scalars, metric):
   return sum(found) / len(found) if found else None
 
 
-def router_health_lines(scalars):
-  """One line per Switch layer from ``{".../router/<metric>": value}``."""
+def router_metrics_by_layer(scalars):
+  """``{".../SwitchFFN/router/<metric>": value}`` ->
+  ``{".../SwitchFFN": {metric: value}}``."""
   layers = {}
   for tag, value in scalars.items():
     scope, _, metric = tag.rpartition("/router/")
     if scope:
       layers.setdefault(scope, {})[metric] = value
+  return layers
+
+
+def router_health_lines(scalars):
+  """One line per Switch layer from ``{".../router/<metric>": value}``."""
+  layers = router_metrics_by_layer(scalars)
   lines = []
   for scope in sorted(layers):
     m = layers[scope]
@@ -111,6 +118,14 @@ def router_health_lines(scalars):
             m.get("router_entropy", float("nan")),
             m.get("aux_loss", float("nan"))))
   return lines
+
+
+class StepOrderHook(tf.train.SessionRunHook):
+  """Orders the global-step increment after the model's reads of the step,
+  once the graph is built (see ``compat.order_step_increment``)."""
+
+  def begin(self):
+    compat.order_step_increment(tf.get_default_graph())
 
 
 class ProgressHook(tf.train.SessionRunHook):
@@ -130,9 +145,7 @@ class ProgressHook(tf.train.SessionRunHook):
     self.train_seconds, self.steps_trained = 0.0, 0
 
   def begin(self):
-    graph = tf.get_default_graph()
-    compat.order_step_increment(graph)
-    self._scalars = compat.lowered_scalars(graph)
+    self._scalars = compat.lowered_scalars(tf.get_default_graph())
     self._global_step = tf.train.get_global_step()
 
   def after_create_session(self, session, coord):
@@ -223,7 +236,8 @@ def train(model, task_name, steps, split="train", seed=0,
                           router_every=router_every, out=out)
   try:
     estimator.train(input_fn=input_fn, max_steps=steps,
-                    hooks=[CheckpointMatchHook(model._model_dir), progress],  # pylint: disable=protected-access
+                    hooks=[CheckpointMatchHook(model._model_dir),  # pylint: disable=protected-access
+                           StepOrderHook(), progress],
                     saving_listeners=[FiniteCheckpointGuard()])
   except tf.train.NanLossDuringTrainingError:
     raise TrainingDiverged(

@@ -39,10 +39,10 @@ def upcycled_values(dense_checkpoint, switch_variables):
   saved = reader.get_variable_to_shape_map()
   values = {}
   for name, shape in switch_variables:
+    if "/router/" in name:
+      continue   # a new router: its usual initializer
     shape = list(shape)
     source = dense_name(name)
-    if "/router/" in name:
-      continue
     if source is not None:
       if source not in saved or list(saved[source]) != shape[1:]:
         raise ConfigError(

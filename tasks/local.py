@@ -153,9 +153,7 @@ def register(vocabulary, pretraining=None, text_to_text_files=None):
     text_to_text.add_task(
         TEXT_TO_TEXT, source=_source(text_to_text_files,
                                      ("inputs", "targets"), bad),
-        preprocessors=[seqio.preprocessors.tokenize,
-                       seqio.CacheDatasetPlaceholder(),
-                       seqio.preprocessors.append_eos_after_trim],
+        preprocessors=text_to_text.text_to_text_preprocessors(),
         output_features=text_to_text.features(vocabulary),
         metric_fns=[t5_metrics.accuracy])
   return counters

@@ -62,10 +62,12 @@ def register_c4(vocabulary, tfds_data_dir=None, version=None,
       output_features=features(vocabulary), metric_fns=[])
 
 
-def _text_task_preprocessors(text_preprocessor):
-  return [text_preprocessor, seqio.preprocessors.tokenize,
-          seqio.CacheDatasetPlaceholder(),
-          seqio.preprocessors.append_eos_after_trim]
+def text_to_text_preprocessors(*text_preprocessors):
+  """``text_preprocessors`` (raw example -> inputs/targets strings), then
+  tokenize, the cache placeholder and EOS, as T5's text-to-text tasks."""
+  return list(text_preprocessors) + [
+      seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
+      seqio.preprocessors.append_eos_after_trim]
 
 
 def register_glue(vocabulary, tfds_data_dir=None, version=None,
@@ -85,22 +87,19 @@ def register_glue(vocabulary, tfds_data_dir=None, version=None,
   for config in configs:
     if benchmark == "super_glue" and "wsc" in config.name:
       continue   # T5 trains WSC through its own "simple" variants
-    text_preprocessor = glue_utils.get_glue_text_preprocessor(config)
+    text_preprocessors = [glue_utils.get_glue_text_preprocessor(config)]
     if benchmark == "super_glue" and config.name == "axb":
-      text_preprocessor = [
-          functools.partial(t5_preprocessors.rekey, key_map={
+      text_preprocessors.insert(0, functools.partial(
+          t5_preprocessors.rekey, key_map={
               "premise": "sentence1", "hypothesis": "sentence2",
-              "label": "label", "idx": "idx"}),
-          text_preprocessor]
-    preprocessors = _text_task_preprocessors(text_preprocessor)
-    if isinstance(text_preprocessor, list):
-      preprocessors = text_preprocessor + preprocessors[1:]
+              "label": "label", "idx": "idx"}))
     name = "%s_%s" % (benchmark, config.name)
     splits = ["test"] if config.name in ("ax", "axb", "axg") else None
     add_task(name, source=seqio.TfdsDataSource(
         "%s/%s:%s" % (benchmark, config.name, version),
         tfds_data_dir=tfds_data_dir, splits=splits),
-         preprocessors=preprocessors, output_features=features(vocabulary),
+         preprocessors=text_to_text_preprocessors(*text_preprocessors),
+         output_features=features(vocabulary),
          metric_fns=metric(config.name),
          postprocess_fn=glue_utils.get_glue_postprocess_fn(config))
     names.append(name)
@@ -122,7 +121,7 @@ def register_squad(vocabulary, tfds_data_dir=None, version=None,
       name, source=seqio.TfdsDataSource(
           "squad/v1.1:%s" % (version or VERSIONS["squad"]),
           tfds_data_dir=tfds_data_dir),
-      preprocessors=_text_task_preprocessors(t5_preprocessors.squad),
+      preprocessors=text_to_text_preprocessors(t5_preprocessors.squad),
       output_features=features(vocabulary),
       postprocess_fn=t5_postprocessors.qa, metric_fns=[t5_metrics.squad])
 

@@ -70,10 +70,15 @@ def embedded_sentencepiece(vocab_size=2000, seed=0, cache_dir=None,
   return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
 
 
+def byte_vocabulary():
+  """UTF-8 bytes plus T5's 100 sentinels: no file, no network."""
+  return seqio.ByteVocabulary(extra_ids=EXTRA_IDS)
+
+
 def from_flag(value, cache_dir=None):
   """``--vocabulary``: "embedded", "bytes", or a SentencePiece model path."""
   if value in (None, "", "embedded"):
     return embedded_sentencepiece(cache_dir=cache_dir)
   if value == "bytes":
-    return seqio.ByteVocabulary(extra_ids=EXTRA_IDS)
+    return byte_vocabulary()
   return sentencepiece(value)
