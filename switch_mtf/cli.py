@@ -24,6 +24,17 @@ def _demo(args):
            output_dir=args.output_dir)
 
 
+def _reproduce(args):
+  from switch_mtf import reproduction  # pylint: disable=g-import-not-at-top
+  names = (args.experiments.split(",") if args.experiments
+           else reproduction.EXPERIMENTS)
+  setup = _run_setup(args)   # tasks for --task (e.g. local_span_corruption)
+  del setup
+  reproduction.reproduce(names, quick=args.quick,
+                         output_dir=args.output_dir, task=args.task,
+                         extra_params=args.gin_param, steps=args.steps)
+
+
 def _info(args):
   from switch_mtf import accounting  # pylint: disable=g-import-not-at-top
   from switch_mtf import config  # pylint: disable=g-import-not-at-top
@@ -212,6 +223,22 @@ def _upcycle(args):
   _train(args, setup=(run, lengths), init_checkpoint=prefix)
 
 
+def _distill(args):
+  from switch_mtf import distillation  # pylint: disable=g-import-not-at-top
+  run, lengths = _run_setup(args)
+  prefix = distillation.prepare(
+      args.teacher_model_dir, args.model_dir,
+      run.vocabulary(args.task).vocab_size, lengths, args.batch_size,
+      (args.gin_file, args.gin_param),
+      initialize_student=args.student_init == "teacher")
+  if prefix:
+    print("distilling %s into the gin model (student %s; checkpoint %s)" % (
+        args.teacher_model_dir, "initialized from the teacher's non-expert "
+        "weights" if args.student_init == "teacher" else "from its "
+        "initializer", prefix))
+  _train(args, setup=(run, lengths), init_checkpoint=prefix)
+
+
 def _predict(args):
   run, lengths = _run_setup(args)
   _require_checkpoint(run, args.model_dir)
@@ -317,6 +344,32 @@ def main(argv=None):
                     "and the plots go; a second run resumes from model/")
   demo.set_defaults(func=_demo)
 
+  reproduce = commands.add_parser(
+      "reproduce", help="the paper's claims in miniature: dense against "
+      "Switch with 2-32 experts, capacity factor and top-2, load balancing, "
+      "initialization, router policy, cost, closed-book QA; writes a "
+      "Markdown report, plots and JSON (--quick: about 5 minutes)")
+  reproduce.add_argument("--quick", action="store_true",
+                         help="fewer models and steps (about 5 minutes on 2 "
+                         "cores; full: about 45)")
+  reproduce.add_argument("--steps", type=int, default=None,
+                         help="pre-training steps per run (default: 100 "
+                         "quick, 1000 full); the other runs scale alike")
+  reproduce.add_argument("--experiments", default=None,
+                         help="comma-separated subset of: experts, capacity, "
+                         "balance, init, policy, cost, knowledge")
+  reproduce.add_argument("--output_dir", default="runs/reproduce",
+                         help="runs (reused when rerun) and report.md")
+  reproduce.add_argument("--task", default="switch_mtf_embedded_span_"
+                         "corruption", help="pre-training task, e.g. "
+                         "local_span_corruption with --gin_param=\"local_data."
+                         "pretraining = {...}\" for your own text")
+  _add_gin_flags(reproduce)
+  reproduce.add_argument("--module_import", action="append", default=[])
+  reproduce.add_argument("--vocabulary", default=None)
+  reproduce.add_argument("--tfds_data_dir", default=None)
+  reproduce.set_defaults(func=_reproduce)
+
   info = commands.add_parser(
       "info", help="parameters, FLOPs, expert capacity and memory of a gin "
       "model and layout, without building the TensorFlow graph")
@@ -374,6 +427,21 @@ def main(argv=None):
   _add_run_flags(upcycle, train=True)
   upcycle.add_argument("--dense_model_dir", required=True)
   upcycle.set_defaults(func=_upcycle)
+
+  distill = commands.add_parser(
+      "distill", help="distill a trained (Switch) teacher into the gin model "
+      "(a FLOP-matched dense student): loss = 0.75 hard labels + 0.25 the "
+      "teacher's probabilities (DistillingBitransformer.soft_weight); the "
+      "student starts from the teacher's non-expert weights")
+  _add_run_flags(distill, train=True)
+  distill.add_argument("--teacher_model_dir", required=True,
+                       help="the teacher's directory (latest checkpoint and "
+                       "operative_config.gin)")
+  distill.add_argument("--student_init", choices=["teacher", "random"],
+                       default="teacher",
+                       help="teacher: copy the teacher's non-expert weights "
+                       "into the student (paper); random: its initializer")
+  distill.set_defaults(func=_distill)
 
   predict = commands.add_parser(
       "predict", help="decode the lines of --input_file with the latest "

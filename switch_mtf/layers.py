@@ -57,6 +57,9 @@ class SwitchConfig:
       (index-based, for CPU/GPU; the experts then also compute only on the
       slots that hold a token when they can, see
       experts.expert_feed_forward_filled).  Same results.
+    summarize_expert_load: in training, also write each expert's share of
+      the tokens as its own scalar summary (``router/expert_load_03``), for
+      plots of the load over time (off by default: E scalars per layer).
   """
   num_experts: int = 8
   hidden_size: int = 2048
@@ -69,6 +72,7 @@ class SwitchConfig:
   expert_dropout_rate: float = 0.0
   init_scale: float = 0.1
   dispatch: str = "einsum"
+  summarize_expert_load: bool = False
 
   def __post_init__(self):
     if not isinstance(self.num_experts, int) or self.num_experts < 1:
@@ -202,11 +206,11 @@ def switch_feed_forward(x, config, router, train, variable_dtype,
   scope = tf.get_variable_scope().name
   _ROUTER_METRICS.setdefault(x.mesh.graph, {})[scope] = result.metrics
   if train:
-    _summarize(result.metrics)
+    _summarize(result.metrics, config.summarize_expert_load)
   return outputs, result
 
 
-def _summarize(metrics):
+def _summarize(metrics, per_expert=False):
   """Router health as mtf scalar summaries, as upstream moe.py does; the
   op names carry the layer's scope (".../SwitchFFN/router/aux_loss").  They
   reach TensorBoard through the train driver (see compat.py)."""
@@ -214,6 +218,11 @@ def _summarize(metrics):
     if name == "expert_load":
       mtf.scalar_summary("router/max_expert_load", mtf.reduce_max(value))
       mtf.scalar_summary("router/min_expert_load", -mtf.reduce_max(-value))
+      experts_dim = value.shape.dims[0]
+      for i in range(experts_dim.size if per_expert else 0):
+        share = mtf.slice(value, i, 1, experts_dim.name)
+        mtf.scalar_summary("router/expert_load_%02d" % i,
+                           mtf.reduce_sum(share))
     else:
       mtf.scalar_summary("router/" + name, value)
 
@@ -243,6 +252,7 @@ class SwitchFFN(transformer.TransformerLayer):
                expert_dropout_rate=0.0,
                init_scale=0.1,
                dispatch="einsum",
+               summarize_expert_load=False,
                router=None):
     self.config = SwitchConfig(
         num_experts=num_experts, hidden_size=hidden_size,
@@ -251,7 +261,7 @@ class SwitchFFN(transformer.TransformerLayer):
         min_expert_capacity=min_expert_capacity,
         drop_tokens_eval=drop_tokens_eval, activation=activation,
         expert_dropout_rate=expert_dropout_rate, init_scale=init_scale,
-        dispatch=dispatch)
+        dispatch=dispatch, summarize_expert_load=summarize_expert_load)
     if router is None:
       router = routing.SwitchRouter()
     elif isinstance(router, str):

@@ -89,17 +89,17 @@ def make_model(model_dir, batch_size, sequence_length, learning_rate=None,
 
 
 def train(model, task_name, steps, seed=0, every=10, router_every=100,
-          init_checkpoint=None):
+          init_checkpoint=None, out=print):
   """Trains to global step ``steps`` (resuming from the latest checkpoint;
   a new run starts from ``init_checkpoint`` if given)."""
   check_nonempty(task_name, "train", model)
   return training.train(model, task_name, steps, seed=seed, every=every,
                         router_every=router_every,
-                        init_checkpoint=init_checkpoint)
+                        init_checkpoint=init_checkpoint, out=out)
 
 
 def finetune(model, task_name, finetune_steps, pretrained_model_dir, seed=0,
-             every=10, router_every=100):
+             every=10, router_every=100, out=print):
   """``MtfModel.finetune`` through ``training.train``: the pre-trained
   operative config, then the model's bindings; initialize from the latest
   pre-trained checkpoint and train ``finetune_steps`` more steps."""
@@ -109,7 +109,8 @@ def finetune(model, task_name, finetune_steps, pretrained_model_dir, seed=0,
   return training.train(
       model, task_name, step + finetune_steps, seed=seed,
       init_checkpoint="%s/model.ckpt-%d" % (pretrained_model_dir, step),
-      seen_data_init_step=step, every=every, router_every=router_every)
+      seen_data_init_step=step, every=every, router_every=router_every,
+      out=out)
 
 
 def _has_element(dataset):
@@ -140,13 +141,33 @@ def check_tfds_prepared(task_name):
               loader.name, builder.data_dir, loader.name.split(":")[0]))
 
 
+# Checks and counts already made in this process, keyed by the registered
+# task object (re-registering a name makes a new one), the split and the
+# lengths: building a seqio pipeline costs seconds (autograph tracing of the
+# preprocessors), which adds up over the many runs of a reproduction.
+_SEEN = []
+
+
+def _memo(task, split, lengths, compute):
+  key = (split, tuple(sorted(lengths.items())))
+  for known, known_key, value in _SEEN:
+    if known is task and known_key == key:
+      return value
+  value = compute()
+  _SEEN.append((task, key, value))
+  return value
+
+
 def check_nonempty(task_name, split, model):
   """One clear line if ``split`` of the task yields no example."""
   check_tfds_prepared(task_name)
   task = check_task(task_name)
-  dataset = task.get_dataset(model._sequence_length, split=split,  # pylint: disable=protected-access
-                             shuffle=False, num_epochs=1)
-  if not _has_element(dataset):
+  lengths = model._sequence_length  # pylint: disable=protected-access
+
+  def has_element():
+    return _has_element(task.get_dataset(lengths, split=split, shuffle=False,
+                                         num_epochs=1))
+  if not _memo(task, ("nonempty", split), lengths, has_element):
     raise ConfigError("the %r split of task %r has no examples: check its "
                       "data source" % (split, task_name))
 
@@ -185,13 +206,18 @@ def neg_log_perplexity(model, task_name, split="validation",
   Scores every example of ``split`` with the checkpoint and divides the summed
   log-likelihoods by the number of target tokens the model saw.
   """
-  datasets = mesh_transformer.mesh_eval_dataset_fn(
-      task_name, model._sequence_length, split)  # pylint: disable=protected-access
-  examples = tokens = 0
-  for eval_dataset in datasets:
-    for example in eval_dataset.dataset_fn().as_numpy_iterator():
-      examples += 1
-      tokens += int(np.count_nonzero(example["targets"]))
+  lengths = model._sequence_length  # pylint: disable=protected-access
+
+  def count():
+    examples = tokens = 0
+    for eval_dataset in mesh_transformer.mesh_eval_dataset_fn(
+        task_name, lengths, split):
+      for example in eval_dataset.dataset_fn().as_numpy_iterator():
+        examples += 1
+        tokens += int(np.count_nonzero(example["targets"]))
+    return examples, tokens
+  examples, tokens = _memo(check_task(task_name), ("count", split), lengths,
+                           count)
   _avoid_upstream_scoring_crashes(examples)
   scores = model.score(mixture_or_task_name=task_name,
                        mixture_or_task_split=split,

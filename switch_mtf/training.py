@@ -140,7 +140,10 @@ class ProgressHook(tf.train.SessionRunHook):
     self._every = max(1, every)
     self._router_every = router_every
     self._out = out
-    self.history = []   # {step, loss, aux_loss, fraction_dropped} per line
+    # One entry per progress line: step, loss (of that step), mean_loss (of
+    # the steps since the previous line), seconds (of training so far, this
+    # run), aux_loss, fraction_dropped, router ({layer: {metric: value}}).
+    self.history = []
     self.last_values = {}   # {tag: value} of the last printed step
     self.train_seconds, self.steps_trained = 0.0, 0
 
@@ -154,20 +157,30 @@ class ProgressHook(tf.train.SessionRunHook):
     self._start_step = self._step
     self._time = self._start_time = time.time()
     self._window_start = self._step
+    self._window_losses = []
 
   def before_run(self, run_context):
     del run_context
     step = self._step + 1
     if step % self._every and step != self._last_step:
-      return None
+      # The loss of every step, for the mean over the printed window.
+      loss = self._scalars.get("loss")
+      return None if loss is None else tf.train.SessionRunArgs({"loss": loss})
     return tf.train.SessionRunArgs(self._scalars)
 
   def after_run(self, run_context, run_values):
     del run_context
     self._step += 1
-    if run_values.results is None:
+    results = run_values.results or {}
+    if "loss" in results:
+      self._window_losses.append(float(results["loss"]))
+    step = self._step
+    if step % self._every and step != self._last_step:
       return
-    values = {k: float(v) for k, v in run_values.results.items()}
+    values = {k: float(v) for k, v in results.items()}
+    mean_loss = (sum(self._window_losses) / len(self._window_losses)
+                 if self._window_losses else float("nan"))
+    self._window_losses = []
     now = time.time()
     steps_per_s = (self._step - self._window_start) / max(now - self._time,
                                                           1e-9)
@@ -177,8 +190,10 @@ class ProgressHook(tf.train.SessionRunHook):
     loss = values.get("loss", float("nan"))
     self.last_values = values
     self.history.append(dict(
-        step=self._step, loss=loss, aux_loss=aux,
-        fraction_dropped=mean_over_layers(values, "fraction_dropped")))
+        step=self._step, loss=loss, mean_loss=mean_loss,
+        seconds=now - self._start_time, aux_loss=aux,
+        fraction_dropped=mean_over_layers(values, "fraction_dropped"),
+        router=router_metrics_by_layer(values)))
     self._out("step %d/%d  loss %.4f  aux %s  %.2f steps/s  %.0f tokens/s  "
               "ETA %s" % (
                   self._step, self._last_step, loss,

@@ -1,0 +1,189 @@
+"""One training run of a comparison, measured: what the reproduction runs.
+
+A ``RunSpec`` names a gin model, its extra bindings and how long to train.
+``execute`` trains it with the same code as ``switch-mtf train`` (t5's
+MtfModel through ``training.train``: same seeds, same data pipeline, same
+checkpoints), evaluates the validation negative log perplexity at evenly
+spaced checkpoints, and returns a record (plain JSON) with the training
+curve, speed, router health, parameter count and the evaluations.  Records
+are written beside the checkpoints; a run whose record matches its spec is
+not trained again, so an interrupted reproduction continues where it
+stopped.  A run that did not finish starts over (its partial curve would
+mix two processes' timings).
+"""
+import dataclasses
+import json
+import os
+import shutil
+import typing
+
+from switch_mtf import accounting
+from switch_mtf import config
+from switch_mtf import run as run_lib
+from switch_mtf import training
+from switch_mtf.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """One run.
+
+  Attributes:
+    name: directory name under the output's ``runs/``, unique per setting.
+    model: gin model file (``models/small/switch_8``).
+    params: extra gin bindings.
+    steps: training steps (fine-tuning: steps after the pre-trained one).
+    evals: validation evaluations at evenly spaced checkpoints (the last at
+      ``steps``); 0 for none.
+    seed: ``--seed``.
+    layout: gin layout file.
+    finetune_from: name of a run whose last checkpoint this run fine-tunes
+      (with gin/runs/finetune.gin) on ``task``; None to pre-train.
+    task: the run's task; None for the reproduction's pre-training task.
+    task_metrics: also decode the validation split and apply the task's
+      metric functions (after the last step).
+    upcycle_from: name of a dense run whose last checkpoint this Switch run
+      starts from (sparse upcycling).
+  """
+  name: str
+  model: str
+  params: typing.Tuple[str, ...] = ()
+  steps: int = 500
+  evals: int = 1
+  seed: int = 0
+  layout: str = "layouts/cpu_1"
+  finetune_from: typing.Optional[str] = None
+  task: typing.Optional[str] = None
+  task_metrics: bool = False
+  upcycle_from: typing.Optional[str] = None
+
+
+def model_dir(root, name):
+  return os.path.join(root, "runs", name)
+
+
+def execute(spec, root, task, extra_params=(), batch_size=8, log_every=10,
+            out=print):
+  """Trains and evaluates ``spec`` under ``root``/runs; returns its record.
+
+  ``extra_params`` (e.g. the bindings of a local corpus) go before the
+  spec's own.  ``out`` receives the progress lines.
+  """
+  directory = model_dir(root, spec.name)
+  key = dict(dataclasses.asdict(spec), pretraining_task=task,
+             extra_params=list(extra_params), batch_size=batch_size)
+  key["params"] = list(spec.params)
+  record_path = os.path.join(directory, "record.json")
+  if os.path.exists(record_path):
+    with open(record_path) as f:
+      record = json.load(f)
+    if record.get("spec") == key:
+      out("%s: done before, reusing %s" % (spec.name, record_path))
+      return record
+  if os.path.exists(directory):
+    shutil.rmtree(directory)   # a different spec, or an unfinished run
+  run_task = spec.task or task
+  params = list(extra_params) + list(spec.params)
+  config.parse([spec.model, spec.layout], params)
+  lengths = config.query("utils.run.sequence_length")
+  save_every = max(1, spec.steps // max(spec.evals, 1))
+  keep = spec.evals + 2   # the step-0 checkpoint too
+  init_checkpoint = None
+  if spec.finetune_from:
+    pretrained = model_dir(root, spec.finetune_from)
+    start = run_lib.latest_step(pretrained)
+    if start is None:
+      raise ConfigError("run %s fine-tunes %s, which has no checkpoint"
+                        % (spec.name, spec.finetune_from))
+    model = run_lib.make_model(
+        directory, batch_size, lengths, learning_rate=1e-3,
+        save_checkpoints_steps=save_every, keep_checkpoint_max=keep,
+        gin_bindings=run_lib.run_file_bindings("runs/finetune") + params)
+    progress = run_lib.finetune(model, run_task, spec.steps, pretrained,
+                                seed=spec.seed, every=log_every,
+                                router_every=0, out=out)
+  else:
+    start = 0
+    if spec.upcycle_from:
+      init_checkpoint = _upcycled_checkpoint(
+          root, spec, run_task, lengths, batch_size)
+    model = run_lib.make_model(directory, batch_size, lengths,
+                               save_checkpoints_steps=save_every,
+                               keep_checkpoint_max=keep)
+    progress = run_lib.train(model, run_task, spec.steps, seed=spec.seed,
+                             every=log_every, router_every=0,
+                             init_checkpoint=init_checkpoint, out=out)
+  evaluations = []
+  if spec.evals:
+    for k in range(1, spec.evals + 1):
+      step = start + (spec.steps if k == spec.evals else k * save_every)
+      value, _, _ = run_lib.neg_log_perplexity(model, run_task,
+                                               checkpoint_step=step)
+      evaluations.append(dict(step=step - start, neg_log_perplexity=value))
+      out("step %d: validation neg. log perplexity %.4f"
+          % (step - start, value))
+  metrics = {}
+  if spec.task_metrics:
+    metrics = run_lib.task_metrics(model, run_task)
+  record = dict(spec=key, history=progress.history,
+                train_seconds=progress.train_seconds,
+                steps_trained=progress.steps_trained,
+                tokens_per_step=batch_size * sum(lengths.values()),
+                evaluations=evaluations, metrics=metrics,
+                **_size(lengths, batch_size, run_task))
+  record["tokens_per_second"] = steady_tokens_per_second(record)
+  with open(record_path + ".tmp", "w") as f:
+    json.dump(record, f)
+  os.replace(record_path + ".tmp", record_path)
+  return record
+
+
+def _upcycled_checkpoint(root, spec, task, lengths, batch_size):
+  from switch_mtf import upcycling  # pylint: disable=g-import-not-at-top
+  dense_dir = model_dir(root, spec.upcycle_from)
+  prefix = os.path.join(model_dir(root, spec.name), "upcycled",
+                        "model.ckpt-0")
+  upcycling.upcycle(dense_dir, prefix, run_lib.vocabulary(task).vocab_size,
+                    lengths, batch_size)
+  return prefix
+
+
+def _size(lengths, batch_size, task):
+  """Parameters and FLOPs per token of the parsed gin model."""
+  mesh_shape, layout = config.mesh_and_layout()
+  report = accounting.count(
+      config.query("utils.run.model_type", "bitransformer"),
+      run_lib.vocabulary(task).vocab_size, lengths, batch_size,
+      layout=layout, mesh_shape=mesh_shape)
+  return dict(parameters=report.total_parameters,
+              flops_per_token=report.flops_per_token)
+
+
+def steady_tokens_per_second(record):
+  """Tokens/s after the first progress window (which holds the start-up
+  and the first steps' graph optimizations)."""
+  history = record["history"]
+  if len(history) < 2:
+    return record["steps_trained"] * record["tokens_per_step"] / max(
+        record["train_seconds"], 1e-9)
+  first, last = history[0], history[-1]
+  return ((last["step"] - first["step"]) * record["tokens_per_step"]
+          / max(last["seconds"] - first["seconds"], 1e-9))
+
+
+def seconds_per_step(record):
+  return record["tokens_per_step"] / max(steady_tokens_per_second(record),
+                                         1e-9)
+
+
+def late_mean(record, key, fraction=0.5):
+  """Mean of a history value over the last ``fraction`` of the run."""
+  history = record["history"]
+  tail = history[int(len(history) * (1 - fraction)):] or history
+  values = [h[key] for h in tail if h.get(key) is not None]
+  return sum(values) / len(values) if values else None
+
+
+def final_neg_log_perplexity(record):
+  evaluations = record["evaluations"]
+  return evaluations[-1]["neg_log_perplexity"] if evaluations else None

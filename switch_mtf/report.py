@@ -1,0 +1,308 @@
+"""The reproduction report: Markdown tables, PNG plots and the raw JSON.
+
+``write(output_dir, results, meta)`` writes ``report.md``, ``results.json``
+(every run's record) and ``*.png`` for the experiments in ``results``
+({experiment: {run: record}}); it is called after each experiment, so an
+interrupted reproduction still leaves a report of what finished.
+"""
+import json
+import os
+
+from switch_mtf import experiments as ex
+from switch_mtf import reproduction as rp
+
+_PAPER = {
+    "experts": "Quality improves monotonically with experts at equal FLOPs "
+               "per token; Switch-Base 64 experts reaches T5-Base's quality "
+               "7.5x faster in steps, 8 experts about 1.8x (Fig. 1, 12).",
+    "capacity": "Table 1: Switch beats top-2 MoE at equal speed; a lower "
+                "capacity factor is faster but drops more tokens (Switch "
+                "reaches its quality with capacity factor 1.0-1.25).",
+    "balance": "With the auxiliary loss (alpha 0.01) the load stays near "
+               "uniform and few tokens are dropped (< 1% after warm-up at "
+               "capacity factor 1.25); without it, experts collapse and "
+               "drop more.",
+    "init": "Table 3: initialization scale 0.1 gives lower loss and a much "
+            "lower spread across seeds than 1.0 (-2.72 +- 0.01 against "
+            "-3.60 +- 0.68 neg. log perplexity after 3.5k steps).",
+    "policy": "Table 11: input jitter and argmax are best; sampling the "
+              "expert is worse; input dropout is in between.",
+    "cost": "FLOPs per token do not grow with experts; parameters do. Time "
+            "per step grows mildly (routing, all-to-all, memory).",
+    "knowledge": "Switch models fine-tune to better closed-book QA than "
+                 "FLOP-matched dense ones (Table 5: TriviaQA, NQ, WebQA).",
+}
+
+
+def write(output_dir, results, meta):
+  os.makedirs(output_dir, exist_ok=True)
+  with open(os.path.join(output_dir, "results.json"), "w") as f:
+    json.dump(dict(meta=meta, results=results), f)
+  lines = ["# switch_mtf: the paper in miniature", "",
+           "Mode: **%s**; pre-training task `%s`%s; %d s in all "
+           "(steps, models: `switch_mtf/reproduction.py`)." % (
+               meta["mode"], meta["task"],
+               (" with " + ", ".join("`%s`" % p for p in meta["extra_params"])
+                if meta["extra_params"] else ""), meta["seconds"]),
+           "Models: `gin/models/small` (d_model 128, 2+2 layers; Switch "
+           "layers at every other FFN, each expert FLOP-matched to the dense "
+           "FFN), batch 8, one CPU device, T5's learning rate (0.01 over "
+           "these steps).  Validation: negative log perplexity per target "
+           "token (nats, higher is better).  Training loss curves are "
+           "on batches the model had not seen before (under one epoch).",
+           ""]
+  for name in rp.EXPERIMENTS:
+    if name in results:
+      section = globals()["_" + name](results[name], output_dir)
+      lines += ["## " + section[0], "", "Paper: " + _PAPER[name], ""]
+      lines += section[1:] + [""]
+  with open(os.path.join(output_dir, "report.md"), "w") as f:
+    f.write("\n".join(lines))
+
+
+def _fmt(value, spec="%.3f", none="-"):
+  return none if value is None else spec % value
+
+
+def _table(header, rows):
+  out = ["| " + " | ".join(header) + " |",
+         "|" + "---|" * len(header)]
+  out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+  return out
+
+
+def _plt():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+  return pyplot
+
+
+def _save(fig, output_dir, name):
+  fig.tight_layout()
+  fig.savefig(os.path.join(output_dir, name), dpi=80)
+  _plt().close(fig)
+  return "![%s](%s)" % (name, name)
+
+
+def _experts(records, output_dir):
+  speed = rp.speedups(records)
+  dense_final = ex.final_neg_log_perplexity(records["dense"])
+  rows = []
+  for name, r in records.items():
+    s = speed.get(name, {})
+    rows.append((name, r["parameters"], r["flops_per_token"],
+                 _fmt(ex.final_neg_log_perplexity(r), "%.4f"),
+                 _fmt(s.get("steps_to_dense"), "%.0f",
+                      "-" if name == "dense" else "not reached"),
+                 _fmt(s.get("step_speedup"), "%.2fx"),
+                 _fmt(s.get("time_speedup"), "%.2fx"),
+                 _fmt(s.get("loss_step_speedup"), "%.2fx"),
+                 "%.0f" % r["tokens_per_second"]))
+  plt = _plt()
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+  for name, r in records.items():
+    steps = [e["step"] for e in r["evaluations"]]
+    values = [e["neg_log_perplexity"] for e in r["evaluations"]]
+    axes[0].plot(steps, values, "o-", label=name)
+    axes[1].plot([rp.seconds_at_step(r, s) for s in steps], values, "o-",
+                 label=name)
+    curve = rp.smoothed_losses(r)
+    axes[2].plot([c[0] for c in curve], [c[1] for c in curve], label=name)
+  for ax, xlabel, title in zip(
+      axes, ("step", "training seconds", "step"),
+      ("validation neg. log perplexity", "validation against time",
+       "training loss (smoothed)")):
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.legend()
+  curves = _save(fig, output_dir, "experts_curves.png")
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  experts = [(int(n.split("_")[1]), s) for n, s in speed.items()]
+  experts.sort()
+  ax.plot([e for e, _ in experts],
+          [s.get("step_speedup") or 0 for _, s in experts], "o-",
+          label="validation (steps)")
+  ax.plot([e for e, _ in experts],
+          [s.get("loss_step_speedup") or 0 for _, s in experts], "s--",
+          label="training loss (steps)")
+  ax.axhline(1.0, color="gray", lw=0.5)
+  ax.set_xscale("log", base=2)
+  ax.set_xlabel("experts")
+  ax.set_ylabel("speedup over dense (0: not reached)")
+  ax.legend()
+  speedup = _save(fig, output_dir, "experts_speedup.png")
+  return ["1. Scaling with experts at equal FLOPs per token (Fig. 1, 12)"] + \
+      _table(("run", "parameters", "FLOPs/token", "final validation",
+              "steps to dense final", "speedup (steps)", "speedup (time)",
+              "speedup (train loss)", "tokens/s"), rows) + [
+          "", "Dense final validation: %s.  Speedup = dense steps (or "
+          "seconds) / the Switch model's steps (seconds) to reach it, "
+          "interpolated between evaluations; \"train loss\" uses the "
+          "smoothed training loss every 10 steps." % _fmt(
+              dense_final, "%.4f"), "", curves, speedup]
+
+
+def _capacity(records, output_dir):
+  del output_dir
+  rows = []
+  for name, r in records.items():
+    spec = r["spec"]
+    cf = next((p.split("=")[1].strip() for p in spec["params"]
+               if "capacity_factor_train" in p), "1.25")
+    router = "top-2" if any("Top2Router" in p for p in spec["params"]) \
+        else "switch (top-1)"
+    rows.append((router, cf, _fmt(ex.final_neg_log_perplexity(r), "%.4f"),
+                 "%.0f" % r["tokens_per_second"],
+                 _fmt(ex.late_mean(r, "fraction_dropped"), "%.4f")))
+  return ["2. Capacity factor, and top-2 routing (Table 1)"] + _table(
+      ("router", "capacity factor (train)", "validation at step %d"
+       % _steps(records), "tokens/s", "dropped fraction (2nd half)"), rows)
+
+
+def _steps(records):
+  return next(iter(records.values()))["spec"]["steps"]
+
+
+def _load_series(record):
+  """(steps, {layer: [[load of expert i at each step]]})."""
+  steps = [h["step"] for h in record["history"]]
+  layers = {}
+  for h in record["history"]:
+    for layer, metrics in h.get("router", {}).items():
+      loads = sorted(k for k in metrics if k.startswith("expert_load_"))
+      series = layers.setdefault(layer, [[] for _ in loads])
+      for i, k in enumerate(loads):
+        series[i].append(metrics[k])
+  return steps, layers
+
+
+def _balance(records, output_dir):
+  plt = _plt()
+  rows = []
+  fig, axes = plt.subplots(1, len(records) + 1,
+                           figsize=(5 * (len(records) + 1), 3.5))
+  for ax, (name, r) in zip(axes, records.items()):
+    alpha = "0" if "alpha0" in name else "0.01"
+    steps, layers = _load_series(r)
+    last = r["history"][-1].get("router", {})
+    final = [(m.get("max_expert_load"), m.get("min_expert_load"))
+             for m in last.values()]
+    rows.append((alpha, _fmt(ex.final_neg_log_perplexity(r), "%.4f"),
+                 _fmt(ex.late_mean(r, "fraction_dropped"), "%.4f"),
+                 _fmt(ex.late_mean(r, "aux_loss"), "%.3f"),
+                 ", ".join("%.3f/%.3f" % f for f in final if None not in f)))
+    if layers:
+      layer = sorted(layers)[0]
+      for i, series in enumerate(layers[layer]):
+        ax.plot(steps, series, lw=0.8, label="expert %d" % i)
+      ax.set_title("alpha %s: load of %s" % (alpha, layer.split("/")[0]))
+      ax.set_xlabel("step")
+    axes[-1].plot(steps, [h["fraction_dropped"] for h in r["history"]],
+                  label="alpha " + alpha)
+  axes[-1].set_title("fraction of tokens dropped")
+  axes[-1].set_xlabel("step")
+  axes[-1].legend()
+  image = _save(fig, output_dir, "balance_load.png")
+  return ["3. Load balancing loss (alpha 0.01 against 0)"] + _table(
+      ("alpha", "validation at step %d" % _steps(records),
+       "dropped (2nd half)", "N·Σf·P (2nd half; 1 = uniform)",
+       "final max/min expert load per layer (ideal 0.125)"), rows) + [
+           "", image]
+
+
+def _init(records, output_dir):
+  del output_dir
+  groups = {}
+  for name, r in records.items():
+    scale = name.split("_")[1]
+    groups.setdefault(scale, []).append(r)
+  rows = []
+  for scale, runs in sorted(groups.items()):
+    valid = [ex.final_neg_log_perplexity(r) for r in runs]
+    loss = [ex.late_mean(r, "mean_loss", 0.2) for r in runs]
+    vm, vs = rp.seed_statistics(valid)
+    lm, ls = rp.seed_statistics(loss)
+    rows.append((scale, len(runs), "%.4f ± %.4f" % (vm, vs),
+                 "%.4f ± %.4f" % (lm, ls),
+                 ", ".join("%.3f" % v for v in valid)))
+  return ["4. Initialization scale over seeds (Table 3)"] + _table(
+      ("scale", "seeds", "validation at step %d (mean ± std)"
+       % _steps(records), "training loss, last 20% (mean ± std)",
+       "per seed"), rows)
+
+
+def _policy(records, output_dir):
+  del output_dir
+  rows = []
+  for name, r in records.items():
+    policy = next((p.split("=")[1].strip().strip("'\"")
+                   for p in r["spec"]["params"] if "policy_train" in p),
+                  "input_jitter")
+    rows.append((policy, _fmt(ex.final_neg_log_perplexity(r), "%.4f"),
+                 _fmt(ex.late_mean(r, "mean_loss", 0.2), "%.4f"),
+                 _fmt(ex.late_mean(r, "fraction_dropped"), "%.4f")))
+  return ["5. Router policy in training (Table 11)"] + _table(
+      ("policy", "validation at step %d" % _steps(records),
+       "training loss, last 20%", "dropped (2nd half)"), rows)
+
+
+def _cost(records, output_dir):
+  dense = next((r for r in records.values()
+                if r["spec"]["model"].endswith("dense")), None)
+  base = ex.seconds_per_step(dense) if dense else None
+  rows, points = [], []
+  for r in records.values():
+    sps = ex.seconds_per_step(r)
+    experts = ("dense" if r is dense else
+               next(p.split("=")[1].strip() for p in r["spec"]["params"]
+                    if p.startswith("SwitchFFN.num_experts")))
+    rows.append((experts, r["parameters"], r["flops_per_token"],
+                 "%.1f" % (1000 * sps), _fmt(sps / base if base else None,
+                                             "%.2fx"),
+                 "%.0f" % r["tokens_per_second"]))
+    if experts != "dense":
+      points.append((int(experts), sps, r["parameters"]))
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(5.5, 3.5))
+  points.sort()
+  ax.plot([p[0] for p in points], [1000 * p[1] for p in points], "o-")
+  if base:
+    ax.axhline(1000 * base, color="gray", ls="--", label="dense")
+    ax.legend(loc="upper left")
+  ax.set_xscale("log", base=2)
+  ax.set_xlabel("experts")
+  ax.set_ylabel("ms per training step")
+  twin = ax.twinx()
+  twin.plot([p[0] for p in points], [p[2] / 1e6 for p in points], "s:",
+            color="C1")
+  twin.set_ylabel("parameters (M)", color="C1")
+  image = _save(fig, output_dir, "cost_experts.png")
+  lines = ["6. Cost against experts (one device, %d tokens per step)"
+           % next(iter(records.values()))["tokens_per_step"]] + _table(
+               ("experts", "parameters", "FLOPs/token", "ms/step",
+                "vs dense", "tokens/s"), rows) + ["", image]
+  layer = os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), "benchmarks", "results",
+                       "layer_benchmark.md")
+  if os.path.exists(layer):
+    lines += ["", "The Switch layer alone against a dense FFN: "
+              "`benchmarks/results/layer_benchmark.md`."]
+  return lines
+
+
+def _knowledge(records, output_dir):
+  del output_dir
+  rows = []
+  for name, r in records.items():
+    if not name.startswith("qa_"):
+      continue
+    base = records[name[3:]]
+    metrics = next(iter(r["metrics"].values()), {}) if r["metrics"] else {}
+    rows.append((name[3:], _fmt(ex.final_neg_log_perplexity(base), "%.4f"),
+                 r["spec"]["steps"], _fmt(metrics.get("em"), "%.2f"),
+                 _fmt(metrics.get("f1"), "%.2f"),
+                 _fmt(ex.final_neg_log_perplexity(r), "%.4f")))
+  return ["7. Knowledge: closed-book QA after fine-tuning (§4)"] + _table(
+      ("pre-trained model", "pre-training validation", "fine-tuning steps",
+       "exact match", "F1", "QA validation neg. log perplexity"), rows)

@@ -1,0 +1,291 @@
+"""The paper's claims in miniature (paper_facts §6-7), measured side by side.
+
+Each experiment is a list of runs (``experiments.RunSpec``) on the small
+FLOP-matched models of ``gin/models/small`` and an analysis of their records
+into a table.  ``reproduce`` runs the chosen experiments (runs shared by two
+experiments are trained once), then ``report.write`` turns the results into
+Markdown, PNG plots and JSON.  Quick mode: the same experiments, fewer
+models and steps (about 5 minutes on 2 cores); full mode: every model of
+the issue, longer (about 45 minutes).
+"""
+import dataclasses
+import json
+import os
+import statistics
+import time
+
+from switch_mtf import experiments as ex
+from switch_mtf.errors import ConfigError
+
+EMBEDDED_TASK = "switch_mtf_embedded_span_corruption"
+QA_TASK = "switch_mtf_embedded_closed_book_qa"
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+  steps: int            # pre-training runs compared at equal steps
+  evals: int            # validation evaluations per scaling run
+  short_steps: int      # the initialization runs (early training)
+  cost_steps: int       # the timing runs
+  finetune_steps: int
+  experts: tuple        # the scaling experiment's expert counts
+  cost_experts: tuple   # the timing experiment's expert counts
+  seeds: tuple          # the initialization experiment's seeds
+  capacity_factors: tuple = (1.0, 1.25, 2.0)
+  policies: tuple = ("argmax", "input_jitter", "input_dropout", "sample")
+  quick: bool = False
+
+
+QUICK = Scale(steps=100, evals=2, short_steps=30, cost_steps=30,
+              finetune_steps=30, experts=(8,), cost_experts=(64,),
+              seeds=(0,), capacity_factors=(1.0, 1.25),
+              policies=("input_jitter", "sample"), quick=True)
+FULL = Scale(steps=1000, evals=5, short_steps=200, cost_steps=60,
+             finetune_steps=300, experts=(2, 4, 8, 16, 32),
+             cost_experts=(1, 2, 4, 8, 16, 32, 64), seeds=(0, 1, 2))
+
+_DENSE = "models/small/dense"
+_SWITCH = "models/small/switch_8"
+_LOADS = ("SwitchFFN.summarize_expert_load = True",)
+
+
+def _switch(experts, *params):
+  return (_SWITCH, ("SwitchFFN.num_experts = %d" % experts,) + _LOADS
+          + tuple(params))
+
+
+def specs(name, scale):
+  """The runs of experiment ``name`` at ``scale``."""
+  s = scale
+  main = dict(steps=s.steps)
+  if name == "experts":
+    runs = [ex.RunSpec("dense", _DENSE, evals=s.evals, **main)]
+    for e in s.experts:
+      model, params = _switch(e)
+      runs.append(ex.RunSpec("switch_%d" % e, model, params, evals=s.evals,
+                             **main))
+    return runs
+  if name == "capacity":
+    runs = []
+    for router, extra in (("switch", ()), ("top2", (
+        "SwitchFFN.router = @routing.Top2Router()",))):
+      for cf in s.capacity_factors:
+        if scale.quick and router == "top2":
+          continue   # full mode only
+        run_name = ("switch_8" if router == "switch" and cf == 1.25
+                    else "%s_8_cf%s" % (router, cf))
+        cf_params = () if cf == 1.25 else (
+            "SwitchFFN.capacity_factor_train = %s" % cf,)
+        model, params = _switch(8, *(extra + cf_params))
+        runs.append(ex.RunSpec(run_name, model, params,
+                               evals=s.evals if run_name == "switch_8" else 1,
+                               **main))
+    return runs
+  if name == "balance":
+    return [_find(specs("experts", _with_8(s)), "switch_8"),
+            ex.RunSpec("switch_8_alpha0", *_switch(
+                8, "SwitchRouter.aux_loss_coef = 0.0"), evals=1, **main)]
+  if name == "init":
+    runs = []
+    for scale_value in (0.1, 1.0):
+      for seed in s.seeds:
+        model, params = _switch(8, *(
+            "mesh_tensorflow.layers.VarianceScalingInitializer.scale = %s"
+            % scale_value, "SwitchFFN.init_scale = %s" % scale_value))
+        runs.append(ex.RunSpec("init_%s_seed%d" % (scale_value, seed),
+                               model, params, steps=s.short_steps, evals=1,
+                               seed=seed))
+    return runs
+  if name == "policy":
+    runs = []
+    for policy in s.policies:
+      if policy == "input_jitter":
+        runs.append(_find(specs("experts", _with_8(s)), "switch_8"))
+        continue
+      runs.append(ex.RunSpec("switch_8_%s" % policy, *_switch(
+          8, "SwitchRouter.policy_train = %r" % policy), evals=1, **main))
+    return runs
+  if name == "cost":
+    if scale.quick:   # the scaling runs' speeds, and one with 64 experts
+      pre = specs("experts", _with_8(s))
+      runs = [_find(pre, "dense"), _find(pre, "switch_8")]
+    else:
+      runs = [ex.RunSpec("cost_dense", _DENSE, steps=s.cost_steps, evals=0)]
+    for e in s.cost_experts:
+      model, params = _switch(e)
+      runs.append(ex.RunSpec("cost_switch_%d" % e, model, params[:1],
+                             steps=s.cost_steps, evals=0))
+    return runs
+  if name == "knowledge":
+    pre = specs("experts", _with_8(s))
+    runs = [_find(pre, "dense"), _find(pre, "switch_8")]
+    for base in ("dense", "switch_8"):
+      runs.append(ex.RunSpec(
+          "qa_" + base, _find(pre, base).model, _find(pre, base).params,
+          steps=s.finetune_steps, evals=1, finetune_from=base, task=QA_TASK,
+          task_metrics=True))
+    return runs
+  raise ConfigError("unknown experiment %r: choose from %s"
+                    % (name, ", ".join(EXPERIMENTS)))
+
+
+EXPERIMENTS = ("experts", "capacity", "balance", "init", "policy", "cost",
+               "knowledge")
+
+
+def _with_8(scale):
+  """The scale, with 8 experts among the scaling runs (shared runs)."""
+  if 8 in scale.experts:
+    return scale
+  return dataclasses.replace(scale, experts=tuple(scale.experts) + (8,))
+
+
+def _find(runs, name):
+  return next(r for r in runs if r.name == name)
+
+
+def scaled(scale, steps):
+  """``scale`` with ``steps`` pre-training steps and the other step counts
+  scaled alike (at least 2 each)."""
+  factor = steps / scale.steps
+  return dataclasses.replace(scale, **{
+      k: max(2, int(round(getattr(scale, k) * factor)))
+      for k in ("steps", "short_steps", "cost_steps", "finetune_steps")})
+
+
+def reproduce(names=EXPERIMENTS, quick=False, output_dir="runs/reproduce",
+              task=EMBEDDED_TASK, extra_params=(), steps=None, out=print):
+  """Runs the experiments ``names``; returns {experiment: {run: record}}.
+
+  ``steps`` overrides the scale's pre-training steps (the other step counts
+  follow in proportion).
+  """
+  from switch_mtf import report  # pylint: disable=g-import-not-at-top
+  scale = QUICK if quick else FULL
+  if steps:
+    scale = scaled(scale, steps)
+  for name in names:
+    if name not in EXPERIMENTS:
+      raise ConfigError("unknown experiment %r: choose from %s"
+                        % (name, ", ".join(EXPERIMENTS)))
+  if "knowledge" in names and task != EMBEDDED_TASK:
+    out("knowledge: skipped (its questions are about the embedded corpus; "
+        "pre-training on %s)" % task)
+    names = [n for n in names if n != "knowledge"]
+  plan = {name: specs(name, scale) for name in names}
+  by_name = {}
+  for runs in plan.values():
+    for spec in runs:
+      if by_name.setdefault(spec.name, spec) != spec:
+        raise AssertionError("two different runs named %s" % spec.name)
+  out("reproduce (%s): %d experiments, %d runs, output in %s" % (
+      "quick" if quick else "full", len(plan), len(by_name), output_dir))
+  started = time.time()
+  records = {}
+  results = {}
+  for name, runs in plan.items():
+    for spec in runs:
+      if spec.name not in records:
+        out("[%s] %s: %s %s, %d steps" % (
+            name, spec.name, spec.model, " ".join(spec.params[:3]),
+            spec.steps))
+        records[spec.name] = ex.execute(
+            spec, output_dir, task, extra_params,
+            log_every=5 if name == "cost" else 10,
+            out=_every_nth_line(spec.name, 10))
+    results[name] = {spec.name: records[spec.name] for spec in runs}
+    report.write(output_dir, results, dict(
+        mode="quick" if quick else "full", task=task,
+        extra_params=list(extra_params), scale=dataclasses.asdict(scale),
+        seconds=round(time.time() - started)))
+  out("reproduce: done in %.0f s; report in %s/report.md" % (
+      time.time() - started, output_dir))
+  return results
+
+
+def _every_nth_line(prefix, n):
+  """Prints every ``n``-th progress line (and every other line) of a run."""
+  count = [0]
+
+  def out(line):
+    if line.startswith("step ") and "/" in line.split(" ", 2)[1]:
+      count[0] += 1
+      if count[0] % n:
+        return
+    print("  %s: %s" % (prefix, line.strip()), flush=True)
+  return out
+
+
+# Analysis: plain functions of the records.
+
+def crossing_step(evaluations, target):
+  """First step where the validation value reaches ``target`` (higher is
+  better), interpolating linearly between evaluations; None if never.
+  Reached at the first evaluation: that step (an upper bound)."""
+  previous = None
+  for e in evaluations:
+    value = e["neg_log_perplexity"]
+    if value >= target:
+      if previous is None:
+        return float(e["step"])
+      s0, v0 = previous["step"], previous["neg_log_perplexity"]
+      return s0 + (target - v0) / (value - v0) * (e["step"] - s0)
+    previous = e
+  return None
+
+
+def seconds_at_step(record, step):
+  """Training seconds at ``step`` (interpolated from the progress lines)."""
+  points = [(0, 0.0)] + [(h["step"], h["seconds"]) for h in record["history"]]
+  for (s0, t0), (s1, t1) in zip(points, points[1:]):
+    if s0 <= step <= s1:
+      return t0 + (step - s0) / max(s1 - s0, 1e-9) * (t1 - t0)
+  return points[-1][1]
+
+
+def smoothed_losses(record, window=5):
+  """(step, running mean of the per-window mean training loss)."""
+  history = record["history"]
+  out = []
+  for i, h in enumerate(history):
+    chunk = history[max(0, i - window + 1):i + 1]
+    out.append((h["step"], sum(c["mean_loss"] for c in chunk) / len(chunk)))
+  return out
+
+
+def speedups(records, dense_name="dense"):
+  """Per Switch run: steps and seconds to reach the dense run's final
+  validation quality, and the same from the smoothed training loss."""
+  dense = records[dense_name]
+  target = ex.final_neg_log_perplexity(dense)
+  dense_loss = smoothed_losses(dense)[-1][1]
+  dense_steps = dense["history"][-1]["step"]
+  dense_seconds = dense["history"][-1]["seconds"]
+  rows = {}
+  for name, record in records.items():
+    if name == dense_name:
+      continue
+    step = crossing_step(record["evaluations"], target)
+    loss_step = next((s for s, v in smoothed_losses(record)
+                      if v <= dense_loss), None)
+    row = dict(steps_to_dense=step, loss_steps_to_dense=loss_step)
+    if step is not None:
+      seconds = seconds_at_step(record, step)
+      row.update(step_speedup=dense_steps / step,
+                 seconds_to_dense=seconds,
+                 time_speedup=dense_seconds / max(seconds, 1e-9))
+    if loss_step is not None:
+      row["loss_step_speedup"] = dense_steps / loss_step
+    rows[name] = row
+  return rows
+
+
+def seed_statistics(values):
+  mean = statistics.mean(values)
+  spread = statistics.stdev(values) if len(values) > 1 else 0.0
+  return mean, spread
+
+
+def load_results(output_dir):
+  with open(os.path.join(output_dir, "results.json")) as f:
+    return json.load(f)

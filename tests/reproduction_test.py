@@ -1,0 +1,130 @@
+"""The reproduction (switch_mtf/reproduction.py, report.py, experiments.py):
+the analysis on hand-made records, and `switch-mtf reproduce` end to end on
+a local text corpus (not the embedded one), resumed from its records."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from switch_mtf import reproduction as rp
+
+
+def _record(evaluations, seconds_per_step, steps=100, loss0=4.0, slope=0.01):
+  history = [dict(step=s, mean_loss=loss0 - slope * s,
+                  seconds=s * seconds_per_step)
+             for s in range(10, steps + 1, 10)]
+  return dict(evaluations=[dict(step=s, neg_log_perplexity=v)
+                           for s, v in evaluations], history=history)
+
+
+def test_crossing_step_interpolates_between_evaluations():
+  evaluations = _record([(50, -3.0), (100, -2.5)], 1)["evaluations"]
+  assert rp.crossing_step(evaluations, -2.75) == pytest.approx(75)
+  assert rp.crossing_step(evaluations, -3.5) == 50    # already at the first
+  assert rp.crossing_step(evaluations, -2.0) is None   # never
+
+
+def test_speedups_in_steps_and_time():
+  records = {
+      "dense": _record([(50, -3.0), (100, -2.8)], 0.1),
+      # reaches the dense final -2.8 at step 45 (-3.2 at 25, -2.7 at 50),
+      # twice as slow per step (9 s against the dense 10 s).  The dense
+      # smoothed training loss ends at 4 - 0.01 * 80 = 3.2; this one's
+      # (mean of the last 5 windows) is 4.19 - 0.02 * (s - 20): below 3.2
+      # from step 70.
+      "switch_8": _record([(25, -3.2), (50, -2.7), (100, -2.4)], 0.2,
+                          slope=0.02, loss0=4.19),
+  }
+  row = rp.speedups(records)["switch_8"]
+  assert row["steps_to_dense"] == pytest.approx(45)
+  assert row["step_speedup"] == pytest.approx(100 / 45)
+  assert row["time_speedup"] == pytest.approx(10 / 9)
+  assert row["loss_steps_to_dense"] == 70
+  assert row["loss_step_speedup"] == pytest.approx(100 / 70)
+
+
+def test_scaled_keeps_the_proportions():
+  scale = rp.scaled(rp.FULL, 100)
+  assert (scale.steps, scale.short_steps, scale.cost_steps,
+          scale.finetune_steps) == (100, 20, 6, 30)
+  assert rp.scaled(rp.QUICK, 4).cost_steps == 2
+
+
+def test_shared_runs_are_identical_specs():
+  for scale in (rp.QUICK, rp.FULL):
+    runs = {}
+    for name in rp.EXPERIMENTS:
+      for spec in rp.specs(name, scale):
+        assert runs.setdefault(spec.name, spec) == spec, spec.name
+
+
+def test_unknown_experiment_is_a_config_error():
+  from switch_mtf.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ConfigError, match="unknown experiment 'speed'"):
+    rp.reproduce(["speed"], output_dir="/nonexistent")
+
+
+WORDS = ("river stone lamp market winter garden copper violin harbor maple "
+         "tower ribbon lantern meadow signal orbit canvas feather").split()
+
+
+def _corpus(directory, lines, seed):
+  rng = np.random.RandomState(seed)
+  with open(directory, "w") as f:
+    for _ in range(lines):
+      f.write(" ".join(rng.choice(WORDS, 40)) + ".\n")
+
+
+def test_reproduce_on_a_local_corpus_then_resume(tmp_path):
+  _corpus(tmp_path / "train.txt", 400, 0)
+  _corpus(tmp_path / "validation.txt", 20, 1)
+  out = tmp_path / "report"
+  args = [sys.executable, "-m", "switch_mtf.cli", "reproduce", "--quick",
+          "--steps", "12", "--experiments", "experts,balance,cost",
+          "--task", "local_span_corruption", "--vocabulary", "bytes",
+          "--gin_param", "local_data.pretraining = {'train': '%s', "
+          "'validation': '%s'}" % (tmp_path / "train.txt",
+                                   tmp_path / "validation.txt"),
+          "--output_dir", str(out)]
+  result = subprocess.run(args, capture_output=True, text=True, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = (out / "report.md").read_text()
+  for heading in ("## 1. Scaling with experts", "## 3. Load balancing",
+                  "## 6. Cost against experts"):
+    assert heading in report
+  assert "## 2." not in report and "## 7." not in report
+  for image in ("experts_curves.png", "experts_speedup.png",
+                "balance_load.png", "cost_experts.png"):
+    assert os.path.getsize(out / image) > 1000
+  with open(out / "results.json") as f:
+    results = json.load(f)["results"]
+  assert set(results["experts"]) == {"dense", "switch_8"}
+  assert set(results["balance"]) == {"switch_8", "switch_8_alpha0"}
+  assert set(results["cost"]) == {"dense", "switch_8", "cost_switch_64"}
+  dense, switch = results["experts"]["dense"], results["experts"]["switch_8"]
+  assert dense["spec"]["pretraining_task"] == "local_span_corruption"
+  assert [e["step"] for e in dense["evaluations"]] == [6, 12]
+  assert all(e["neg_log_perplexity"] < 0 for e in dense["evaluations"])
+  assert switch["flops_per_token"] == dense["flops_per_token"]
+  assert switch["parameters"] > 2 * dense["parameters"]
+  # Per-expert load summaries: 8 shares per Switch layer, summing to 1.
+  layers = switch["history"][-1]["router"]
+  assert len(layers) == 2
+  for metrics in layers.values():
+    shares = [metrics["expert_load_%02d" % i] for i in range(8)]
+    assert sum(shares) == pytest.approx(1.0, abs=1e-5)
+    assert max(shares) == pytest.approx(metrics["max_expert_load"])
+  alpha0 = results["balance"]["switch_8_alpha0"]
+  assert "SwitchRouter.aux_loss_coef = 0.0" in alpha0["spec"]["params"]
+  assert switch["history"][-1]["loss"] != alpha0["history"][-1]["loss"]
+  # Run again: every run is reused from its record, the report rewritten.
+  os.remove(out / "report.md")
+  again = subprocess.run(args, capture_output=True, text=True, check=False)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert again.stdout.count("done before") == 4
+  assert "trained steps" not in again.stdout
+  assert (out / "report.md").read_text().splitlines()[4:] == \
+      report.splitlines()[4:]
