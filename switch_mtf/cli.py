@@ -347,7 +347,8 @@ def main(argv=None):
   reproduce = commands.add_parser(
       "reproduce", help="the paper's claims in miniature: dense against "
       "Switch with 2-32 experts, capacity factor and top-2, load balancing, "
-      "initialization, router policy, cost, closed-book QA; writes a "
+      "initialization, router policy, cost, closed-book QA, distillation, "
+      "sparse upcycling; writes a "
       "Markdown report, plots and JSON (--quick: about 5 minutes)")
   reproduce.add_argument("--quick", action="store_true",
                          help="fewer models and steps (about 5 minutes on 2 "
@@ -357,7 +358,8 @@ def main(argv=None):
                          "quick, 1000 full); the other runs scale alike")
   reproduce.add_argument("--experiments", default=None,
                          help="comma-separated subset of: experts, capacity, "
-                         "balance, init, policy, cost, knowledge")
+                         "balance, init, policy, cost, knowledge, distill, "
+                         "upcycle")
   reproduce.add_argument("--output_dir", default="runs/reproduce",
                          help="runs (reused when rerun) and report.md")
   reproduce.add_argument("--task", default="switch_mtf_embedded_span_"

@@ -169,8 +169,12 @@ def prepare(teacher_model_dir, model_dir, vocab_size, lengths, batch_size,
                       % teacher_model_dir)
   files, params = student_gin
   student = _variables(vocab_size, lengths, batch_size)
-  mesh = ["utils.run.%s = %r" % (k, config.query("utils.run." + k))
-          for k in ("mesh_shape", "layout_rules", "mesh_devices")]
+  # The teacher runs on the student's mesh (literal values only: a TPU
+  # run's mesh_shape is a gin reference the teacher's config also has).
+  mesh = ["utils.run.%s = %r" % (k, v) for k, v in (
+      (k, config.query("utils.run." + k))
+      for k in ("mesh_shape", "layout_rules", "mesh_devices"))
+          if isinstance(v, (str, list, tuple))]
   mesh_shape, layout = config.mesh_and_layout()
   config.parse([operative], mesh)
   set_teacher(None)   # the teacher itself is an ordinary model

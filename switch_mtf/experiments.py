@@ -44,6 +44,11 @@ class RunSpec:
       metric functions (after the last step).
     upcycle_from: name of a dense run whose last checkpoint this Switch run
       starts from (sparse upcycling).
+    continue_from: name of a run whose directory is copied and trained
+      ``steps`` more steps (exactly the longer run, see training.train).
+    distill_from: name of a trained (Switch) run that teaches this one.
+    student_init: with ``distill_from``: start from the teacher's
+      non-expert weights (else from the initializer).
   """
   name: str
   model: str
@@ -56,6 +61,9 @@ class RunSpec:
   task: typing.Optional[str] = None
   task_metrics: bool = False
   upcycle_from: typing.Optional[str] = None
+  continue_from: typing.Optional[str] = None
+  distill_from: typing.Optional[str] = None
+  student_init: bool = True
 
 
 def model_dir(root, name):
@@ -107,12 +115,28 @@ def execute(spec, root, task, extra_params=(), batch_size=8, log_every=10,
     if spec.upcycle_from:
       init_checkpoint = _upcycled_checkpoint(
           root, spec, run_task, lengths, batch_size)
+    if spec.continue_from:
+      shutil.copytree(model_dir(root, spec.continue_from), directory)
+      os.remove(os.path.join(directory, "record.json"))
+      start = run_lib.latest_step(directory)
+    if spec.distill_from:
+      from switch_mtf import distillation  # pylint: disable=g-import-not-at-top
+      init_checkpoint = distillation.prepare(
+          model_dir(root, spec.distill_from), directory,
+          run_lib.vocabulary(run_task).vocab_size, lengths, batch_size,
+          ([spec.model, spec.layout], params),
+          initialize_student=spec.student_init)
     model = run_lib.make_model(directory, batch_size, lengths,
                                save_checkpoints_steps=save_every,
                                keep_checkpoint_max=keep)
-    progress = run_lib.train(model, run_task, spec.steps, seed=spec.seed,
-                             every=log_every, router_every=0,
-                             init_checkpoint=init_checkpoint, out=out)
+    try:
+      progress = run_lib.train(model, run_task, start + spec.steps,
+                               seed=spec.seed, every=log_every,
+                               router_every=0,
+                               init_checkpoint=init_checkpoint, out=out)
+    finally:
+      if spec.distill_from:
+        distillation.set_teacher(None)
   evaluations = []
   if spec.evals:
     for k in range(1, spec.evals + 1):

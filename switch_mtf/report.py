@@ -31,6 +31,14 @@ _PAPER = {
             "per step grows mildly (routing, all-to-all, memory).",
     "knowledge": "Switch models fine-tune to better closed-book QA than "
                  "FLOP-matched dense ones (Table 5: TriviaQA, NQ, WebQA).",
+    "distill": "Table 6: a dense student distilled from a Switch teacher "
+               "(0.25 teacher probabilities, 0.75 labels) and initialized "
+               "with its non-expert weights keeps about 30% of the teacher's "
+               "quality gain over the dense baseline (without the "
+               "initialization, less).",
+    "upcycle": "Not in the paper (Komatsuzaki et al., 2022): a Switch model "
+               "started from a trained dense checkpoint improves faster "
+               "than the dense model trained on for the same steps.",
 }
 
 
@@ -95,6 +103,8 @@ def _experts(records, output_dir):
                  _fmt(ex.final_neg_log_perplexity(r), "%.4f"),
                  _fmt(s.get("steps_to_dense"), "%.0f",
                       "-" if name == "dense" else "not reached"),
+                 _fmt(r["history"][-1]["seconds"] if name == "dense"
+                      else s.get("seconds_to_dense"), "%.0f"),
                  _fmt(s.get("step_speedup"), "%.2fx"),
                  _fmt(s.get("time_speedup"), "%.2fx"),
                  _fmt(s.get("loss_step_speedup"), "%.2fx"),
@@ -112,7 +122,7 @@ def _experts(records, output_dir):
   for ax, xlabel, title in zip(
       axes, ("step", "training seconds", "step"),
       ("validation neg. log perplexity", "validation against time",
-       "training loss (smoothed)")):
+       "training cross entropy (smoothed)")):
     ax.set_xlabel(xlabel)
     ax.set_title(title)
     ax.legend()
@@ -134,12 +144,14 @@ def _experts(records, output_dir):
   speedup = _save(fig, output_dir, "experts_speedup.png")
   return ["1. Scaling with experts at equal FLOPs per token (Fig. 1, 12)"] + \
       _table(("run", "parameters", "FLOPs/token", "final validation",
-              "steps to dense final", "speedup (steps)", "speedup (time)",
+              "steps to dense final", "seconds to dense final",
+              "speedup (steps)", "speedup (time)",
               "speedup (train loss)", "tokens/s"), rows) + [
           "", "Dense final validation: %s.  Speedup = dense steps (or "
           "seconds) / the Switch model's steps (seconds) to reach it, "
           "interpolated between evaluations; \"train loss\" uses the "
-          "smoothed training loss every 10 steps." % _fmt(
+          "training cross entropy (the loss without α·Σ N·Σf·P), every 10 "
+          "steps, smoothed over 50." % _fmt(
               dense_final, "%.4f"), "", curves, speedup]
 
 
@@ -282,13 +294,26 @@ def _cost(records, output_dir):
            % next(iter(records.values()))["tokens_per_step"]] + _table(
                ("experts", "parameters", "FLOPs/token", "ms/step",
                 "vs dense", "tokens/s"), rows) + ["", image]
-  layer = os.path.join(os.path.dirname(os.path.dirname(
+  return lines + _layer_benchmark()
+
+
+def _layer_benchmark():
+  """The layer benchmark's last results, if it was run in this checkout."""
+  path = os.path.join(os.path.dirname(os.path.dirname(
       os.path.abspath(__file__))), "benchmarks", "results",
-                       "layer_benchmark.md")
-  if os.path.exists(layer):
-    lines += ["", "The Switch layer alone against a dense FFN: "
-              "`benchmarks/results/layer_benchmark.md`."]
-  return lines
+                      "layer_benchmark.json")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    bench = json.load(f)
+  rows = [(r["experts"], r["group"], "%.2fx" % (r["gather"] / r["dense"]),
+           "%.2fx" % (r["einsum"] / r["dense"]),
+           "%.2fx" % (r["upstream"] / r["dense"])) for r in bench["rows"]]
+  return ["", "The Switch layer alone, one training step against a dense "
+          "FFN of the same d_ff (`benchmarks/layer_benchmark.py`, %s):" %
+          bench.get("machine", ""), ""] + _table(
+              ("experts", "group", "switch_mtf gather", "switch_mtf einsum",
+               "upstream moe.py"), rows)
 
 
 def _knowledge(records, output_dir):
@@ -306,3 +331,43 @@ def _knowledge(records, output_dir):
   return ["7. Knowledge: closed-book QA after fine-tuning (§4)"] + _table(
       ("pre-trained model", "pre-training validation", "fine-tuning steps",
        "exact match", "F1", "QA validation neg. log perplexity"), rows)
+
+
+def _distill(records, output_dir):
+  del output_dir
+  dense = ex.final_neg_log_perplexity(records["dense"])
+  teacher = ex.final_neg_log_perplexity(records["switch_8"])
+  rows = []
+  for name, r in records.items():
+    value = ex.final_neg_log_perplexity(r)
+    gain = (value - dense) / (teacher - dense) if teacher != dense else None
+    role = {"dense": "dense baseline", "switch_8": "teacher"}.get(
+        name, "student, %s" % ("teacher's non-expert weights"
+                               if r["spec"]["student_init"]
+                               else "random initialization"))
+    rows.append((name, role, r["parameters"], _fmt(value, "%.4f"),
+                 _fmt(None if name == "dense" else gain and 100 * gain,
+                      "%.0f%%")))
+  return ["8. Distilling the Switch model into a dense one (§4.2)"] + _table(
+      ("run", "role", "parameters", "validation at step %d" % _steps(
+          records), "share of the teacher's gain"), rows) + [
+              "", "Students: loss = 0.75 hard labels + 0.25 the teacher's "
+              "probabilities (temperature 1), trained as many steps as the "
+              "baseline.  Share = (student - dense) / (teacher - dense)."]
+
+
+def _upcycle(records, output_dir):
+  del output_dir
+  rows = []
+  for name, r in records.items():
+    spec = r["spec"]
+    total = spec["steps"] + (
+        records["dense"]["spec"]["steps"] if spec["continue_from"]
+        or spec["upcycle_from"] else 0)
+    how = ("dense" if name == "dense" else
+           "dense, trained on" if spec["continue_from"] else
+           "Switch (8 experts) upcycled from dense")
+    rows.append((name, how, total, _fmt(ex.final_neg_log_perplexity(r),
+                                        "%.4f")))
+  return ["9. Sparse upcycling against training the dense model on"] + \
+      _table(("run", "model", "total steps", "validation"), rows)

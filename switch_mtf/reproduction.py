@@ -40,8 +40,8 @@ QUICK = Scale(steps=100, evals=2, short_steps=30, cost_steps=30,
               finetune_steps=30, experts=(8,), cost_experts=(64,),
               seeds=(0,), capacity_factors=(1.0, 1.25),
               policies=("input_jitter", "sample"), quick=True)
-FULL = Scale(steps=1000, evals=5, short_steps=200, cost_steps=60,
-             finetune_steps=300, experts=(2, 4, 8, 16, 32),
+FULL = Scale(steps=600, evals=4, short_steps=150, cost_steps=50,
+             finetune_steps=200, experts=(2, 4, 8, 16, 32),
              cost_experts=(1, 2, 4, 8, 16, 32, 64), seeds=(0, 1, 2))
 
 _DENSE = "models/small/dense"
@@ -125,12 +125,28 @@ def specs(name, scale):
           steps=s.finetune_steps, evals=1, finetune_from=base, task=QA_TASK,
           task_metrics=True))
     return runs
+  if name == "distill":   # paper §4.2, Table 6
+    pre = specs("experts", _with_8(s))
+    runs = [_find(pre, "dense"), _find(pre, "switch_8")]
+    for init in (True, False):
+      runs.append(ex.RunSpec(
+          "distill_dense_%s" % ("init" if init else "random"), _DENSE,
+          evals=1, distill_from="switch_8", student_init=init, **main))
+    return runs
+  if name == "upcycle":   # sparse upcycling against continuing dense
+    pre = specs("experts", _with_8(s))
+    more = max(2, s.steps // 2)
+    return [_find(pre, "dense"),
+            ex.RunSpec("dense_continued", _DENSE, steps=more, evals=1,
+                       continue_from="dense"),
+            ex.RunSpec("upcycled_switch_8", *_switch(8), steps=more, evals=1,
+                       upcycle_from="dense")]
   raise ConfigError("unknown experiment %r: choose from %s"
                     % (name, ", ".join(EXPERIMENTS)))
 
 
 EXPERIMENTS = ("experts", "capacity", "balance", "init", "policy", "cost",
-               "knowledge")
+               "knowledge", "distill", "upcycle")
 
 
 def _with_8(scale):
@@ -243,13 +259,32 @@ def seconds_at_step(record, step):
   return points[-1][1]
 
 
+def aux_loss_coefficient(record):
+  """The run's alpha (gin/models/switch.gin: 0.01 unless rebound)."""
+  for param in reversed(record.get("spec", {}).get("params", [])):
+    if param.replace(" ", "").startswith("SwitchRouter.aux_loss_coef="):
+      return float(param.split("=")[1])
+  return 0.01
+
+
+def cross_entropy(entry, alpha):
+  """The window's mean training loss without the load-balancing losses
+  (the training loss is cross entropy + alpha x the sum over Switch layers
+  of N·Σf·P; the latter read at the window's last step)."""
+  router = entry.get("router") or {}
+  aux = sum(m.get("aux_loss", 0.0) for m in router.values())
+  return entry["mean_loss"] - alpha * aux
+
+
 def smoothed_losses(record, window=5):
-  """(step, running mean of the per-window mean training loss)."""
+  """(step, running mean of the per-window mean training cross entropy)."""
   history = record["history"]
+  alpha = aux_loss_coefficient(record)
+  values = [cross_entropy(h, alpha) for h in history]
   out = []
   for i, h in enumerate(history):
-    chunk = history[max(0, i - window + 1):i + 1]
-    out.append((h["step"], sum(c["mean_loss"] for c in chunk) / len(chunk)))
+    chunk = values[max(0, i - window + 1):i + 1]
+    out.append((h["step"], sum(chunk) / len(chunk)))
   return out
 
 

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 SCRIPT = r"""
 import sys
@@ -46,3 +47,34 @@ def test_t5_mesh_tensorflow_model_imports_without_torch():
   from t5.models import mtf_model  # pylint: disable=g-import-not-at-top
   assert mtf_model.MtfModel.train
   assert "torch" not in sys.modules
+
+
+def test_attention_kernels_follow_the_gin_init_scale():
+  """Paper §2.4 (compat patch 10): attention kernels are truncated normals
+  with std sqrt(s / fan_in) (q also x d_kv^-1/2), s the gin scale."""
+  import gin  # pylint: disable=g-import-not-at-top
+  import mesh_tensorflow as mtf  # pylint: disable=g-import-not-at-top
+  from mesh_tensorflow.transformer import attention  # pylint: disable=g-import-not-at-top
+  from switch_mtf import mesh_program  # pylint: disable=g-import-not-at-top
+  kernels = {}
+  for scale in (0.1, 1.0):
+    gin.clear_config()
+    gin.bind_parameter(
+        "mesh_tensorflow.layers.VarianceScalingInitializer.scale", scale)
+    with mesh_program.MeshProgram() as p:
+      d_model = mtf.Dimension("d_model", 256)
+      kv = mtf.Dimension("d_kv", 64)
+      params = attention.AttentionParams(
+          p.mesh, d_model, d_model, d_model, kv, kv,
+          [mtf.Dimension("heads", 4)], [mtf.Dimension("heads", 4)],
+          mesh_program.FLOAT32)
+      kernels[scale] = p.run({"k": params.wk, "q": params.wq,
+                              "o": params.wo})
+  gin.clear_config()
+  truncated = 0.8796   # std of a normal truncated at 2 std
+  for scale, values in kernels.items():
+    for name, fan_in in (("k", 256), ("o", 256), ("q", 256 * 64)):
+      sigma = (scale / fan_in) ** 0.5
+      assert np.std(values[name]) == pytest.approx(truncated * sigma,
+                                                   rel=0.03), (scale, name)
+      assert np.max(np.abs(values[name])) <= 2 * sigma + 1e-7

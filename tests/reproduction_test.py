@@ -128,3 +128,44 @@ def test_reproduce_on_a_local_corpus_then_resume(tmp_path):
   assert "trained steps" not in again.stdout
   assert (out / "report.md").read_text().splitlines()[4:] == \
       report.splitlines()[4:]
+
+
+def test_distillation_and_upcycling_runs():
+  runs = {r.name: r for r in rp.specs("distill", rp.FULL)
+          + rp.specs("upcycle", rp.FULL)}
+  assert runs["distill_dense_init"].distill_from == "switch_8"
+  assert runs["distill_dense_init"].student_init
+  assert not runs["distill_dense_random"].student_init
+  assert runs["distill_dense_init"].steps == runs["dense"].steps
+  assert runs["dense_continued"].continue_from == "dense"
+  assert runs["upcycled_switch_8"].upcycle_from == "dense"
+  assert (runs["dense_continued"].steps == runs["upcycled_switch_8"].steps
+          == rp.FULL.steps // 2)
+
+
+def test_distillation_report_gives_the_share_of_the_teacher_gain(tmp_path):
+  from switch_mtf import report  # pylint: disable=g-import-not-at-top
+  def record(value, student_init=True):
+    return dict(evaluations=[dict(step=10, neg_log_perplexity=value)],
+                parameters=1, spec=dict(steps=10, student_init=student_init))
+  records = {"dense": record(-3.0), "switch_8": record(-2.6),
+             "distill_dense_init": record(-2.88),
+             "distill_dense_random": record(-2.96, False)}
+  lines = report._distill(records, str(tmp_path))  # pylint: disable=protected-access
+  rows = {line.split(" | ")[0].strip("| "): line for line in lines
+          if line.startswith("| distill")}
+  assert rows["distill_dense_init"].endswith("| 30% |")
+  assert rows["distill_dense_random"].endswith("| 10% |")
+
+
+def test_training_cross_entropy_leaves_out_the_aux_losses():
+  entry = dict(mean_loss=3.0, router={"encoder/x/SwitchFFN": {"aux_loss": 1.0},
+                                      "decoder/y/SwitchFFN": {"aux_loss": 1.2}})
+  switch = dict(spec=dict(params=["SwitchFFN.num_experts = 8"]),
+                history=[dict(entry, step=10)])
+  alpha0 = dict(spec=dict(params=["SwitchRouter.aux_loss_coef = 0.0"]),
+                history=[dict(entry, step=10)])
+  assert rp.aux_loss_coefficient(switch) == 0.01
+  assert rp.aux_loss_coefficient(alpha0) == 0.0
+  assert rp.smoothed_losses(switch) == [(10, pytest.approx(3.0 - 0.022))]
+  assert rp.smoothed_losses(alpha0) == [(10, 3.0)]
