@@ -119,6 +119,12 @@ def _experts(records, output_dir):
                  label=name)
     curve = rp.smoothed_losses(r)
     axes[2].plot([c[0] for c in curve], [c[1] for c in curve], label=name)
+  # The first steps' losses would flatten the rest of the training curves.
+  tail = [v for r in records.values()
+          for v in [c[1] for c in rp.smoothed_losses(r)][
+              len(r["history"]) // 5:]]
+  if tail:
+    axes[2].set_ylim(min(tail) - 0.02, max(tail) + 0.02)
   for ax, xlabel, title in zip(
       axes, ("step", "training seconds", "step"),
       ("validation neg. log perplexity", "validation against time",
@@ -340,14 +346,16 @@ def _distill(records, output_dir):
   rows = []
   for name, r in records.items():
     value = ex.final_neg_log_perplexity(r)
-    gain = (value - dense) / (teacher - dense) if teacher != dense else None
+    # A share of a gain is defined only when the teacher is better.
+    gain = (value - dense) / (teacher - dense) if teacher > dense else None
     role = {"dense": "dense baseline", "switch_8": "teacher"}.get(
         name, "student, %s" % ("teacher's non-expert weights"
                                if r["spec"]["student_init"]
                                else "random initialization"))
     rows.append((name, role, r["parameters"], _fmt(value, "%.4f"),
-                 _fmt(None if name == "dense" else gain and 100 * gain,
-                      "%.0f%%")))
+                 "-" if name == "dense" else _fmt(
+                     None if gain is None else 100 * gain, "%.0f%%",
+                     "n/a (the teacher is not better than the baseline)")))
   return ["8. Distilling the Switch model into a dense one (§4.2)"] + _table(
       ("run", "role", "parameters", "validation at step %d" % _steps(
           records), "share of the teacher's gain"), rows) + [
