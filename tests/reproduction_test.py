@@ -47,10 +47,14 @@ def test_speedups_in_steps_and_time():
 
 
 def test_scaled_keeps_the_proportions():
-  scale = rp.scaled(rp.FULL, 100)
+  full = rp.FULL
+  scale = rp.scaled(full, full.steps // 2)
   assert (scale.steps, scale.short_steps, scale.cost_steps,
-          scale.finetune_steps) == (100, 20, 6, 30)
-  assert rp.scaled(rp.QUICK, 4).cost_steps == 2
+          scale.finetune_steps) == (full.steps // 2, full.short_steps // 2,
+                                    full.cost_steps // 2,
+                                    full.finetune_steps // 2)
+  assert scale.experts == full.experts and scale.seeds == full.seeds
+  assert rp.scaled(rp.QUICK, 4).cost_steps == 2   # at least 2 steps
 
 
 def test_shared_runs_are_identical_specs():

@@ -159,7 +159,7 @@ def test_eval_on_another_layout(trained):
   match = re.search(r"validation neg_log_perplexity (-?[0-9.]+) \((\d+) "
                     r"examples, (\d+) target tokens\)", result.stdout)
   assert match, result.stdout
-  assert -7.0 < float(match.group(1)) < 0.0
+  assert -12.0 < float(match.group(1)) < 0.0   # a few steps: see cli_test
   assert int(match.group(2)) > 100
 
 
