@@ -27,6 +27,7 @@ def _demo(args):
 def _reproduce(args):
   from switch_mtf import reproduction  # pylint: disable=g-import-not-at-top
   names = (args.experiments.split(",") if args.experiments
+           else reproduction.QUICK_EXPERIMENTS if args.quick
            else reproduction.EXPERIMENTS)
   setup = _run_setup(args)   # tasks for --task (e.g. local_span_corruption)
   del setup
@@ -352,7 +353,7 @@ def main(argv=None):
       "Markdown report, plots and JSON (--quick: about 5 minutes)")
   reproduce.add_argument("--quick", action="store_true",
                          help="fewer models and steps (about 5 minutes on 2 "
-                         "cores; full: about 45)")
+                         "cores; full: about 35)")
   reproduce.add_argument("--steps", type=int, default=None,
                          help="pre-training steps per run (default: 100 "
                          "quick, 1000 full); the other runs scale alike")
