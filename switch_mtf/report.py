@@ -164,12 +164,10 @@ def _experts(records, output_dir):
 def _capacity(records, output_dir):
   del output_dir
   rows = []
-  for name, r in records.items():
-    spec = r["spec"]
-    cf = next((p.split("=")[1].strip() for p in spec["params"]
-               if "capacity_factor_train" in p), "1.25")
-    router = "top-2" if any("Top2Router" in p for p in spec["params"]) \
-        else "switch (top-1)"
+  for r in records.values():
+    cf = rp.bound(r, "SwitchFFN.capacity_factor_train", "1.25")
+    router = ("top-2" if "Top2Router" in (rp.bound(r, "SwitchFFN.router")
+                                          or "") else "switch (top-1)")
     rows.append((router, cf, _fmt(ex.final_neg_log_perplexity(r), "%.4f"),
                  "%.0f" % r["tokens_per_second"],
                  _fmt(ex.late_mean(r, "fraction_dropped"), "%.4f")))
@@ -254,9 +252,7 @@ def _policy(records, output_dir):
   del output_dir
   rows = []
   for name, r in records.items():
-    policy = next((p.split("=")[1].strip().strip("'\"")
-                   for p in r["spec"]["params"] if "policy_train" in p),
-                  "input_jitter")
+    policy = rp.bound(r, "SwitchRouter.policy_train", "input_jitter")
     rows.append((policy, _fmt(ex.final_neg_log_perplexity(r), "%.4f"),
                  _fmt(ex.late_mean(r, "mean_loss", 0.2), "%.4f"),
                  _fmt(ex.late_mean(r, "fraction_dropped"), "%.4f")))
@@ -273,8 +269,7 @@ def _cost(records, output_dir):
   for r in records.values():
     sps = ex.seconds_per_step(r)
     experts = ("dense" if r is dense else
-               next(p.split("=")[1].strip() for p in r["spec"]["params"]
-                    if p.startswith("SwitchFFN.num_experts")))
+               rp.bound(r, "SwitchFFN.num_experts"))
     rows.append((experts, r["parameters"], r["flops_per_token"],
                  "%.1f" % (1000 * sps), _fmt(sps / base if base else None,
                                              "%.2fx"),

@@ -262,12 +262,19 @@ def seconds_at_step(record, step):
   return points[-1][1]
 
 
+def bound(record, name, default=None):
+  """The value (a string, quotes removed) that the run's extra gin params
+  bind to ``name`` (the last binding wins), else ``default``."""
+  for param in reversed(record.get("spec", {}).get("params", [])):
+    key, _, value = param.partition("=")
+    if key.strip() == name:
+      return value.strip().strip("'\"")
+  return default
+
+
 def aux_loss_coefficient(record):
   """The run's alpha (gin/models/switch.gin: 0.01 unless rebound)."""
-  for param in reversed(record.get("spec", {}).get("params", [])):
-    if param.replace(" ", "").startswith("SwitchRouter.aux_loss_coef="):
-      return float(param.split("=")[1])
-  return 0.01
+  return float(bound(record, "SwitchRouter.aux_loss_coef", 0.01))
 
 
 def cross_entropy(entry, alpha):
