@@ -34,6 +34,12 @@ setuptools.setup(
         include=["switch_mtf", "switch_mtf.*", "tasks", "tasks.*"]),
     python_requires=">=3.10,<3.12",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest", "matplotlib"]},
+    extras_require={
+        # Reading PyTorch pickles (pytorch_model.bin) in `switch-mtf convert`;
+        # safetensors convert without it.  2.13.0 has a CPU-only build.
+        "convert": ["torch==2.13.0"],
+        # The conversion tests compare against Hugging Face's model in torch.
+        "test": ["pytest", "matplotlib", "torch==2.13.0"],
+    },
     entry_points={"console_scripts": ["switch-mtf=switch_mtf.cli:main"]},
 )

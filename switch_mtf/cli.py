@@ -240,6 +240,22 @@ def _distill(args):
   _train(args, setup=(run, lengths), init_checkpoint=prefix)
 
 
+def _convert(args):
+  from switch_mtf import hf_conversion  # pylint: disable=g-import-not-at-top
+  _quiet_tensorflow_logs()
+  if args.from_hf:
+    hf_conversion.import_hf(args.from_hf, args.model_dir,
+                            routing=args.routing)
+    print("fine-tune it with: switch-mtf finetune --pretrained_model_dir=%s "
+          "--gin_file=layouts/... --task=... (its vocabulary must have the "
+          "checkpoint's vocab_size rows after padding to a multiple of 128)"
+          % args.model_dir)
+  else:
+    hf_conversion.export_hf(args.model_dir, args.to_hf,
+                            expert_capacity=args.expert_capacity,
+                            max_shard_bytes=int(args.max_shard_mb * 2**20))
+
+
 def _predict(args):
   run, lengths = _run_setup(args)
   _require_checkpoint(run, args.model_dir)
@@ -445,6 +461,33 @@ def main(argv=None):
                        help="teacher: copy the teacher's non-expert weights "
                        "into the student (paper); random: its initializer")
   distill.set_defaults(func=_distill)
+
+  convert = commands.add_parser(
+      "convert", help="Hugging Face SwitchTransformers checkpoint <-> "
+      "switch_mtf checkpoint, tensor by tensor (the released google/switch-* "
+      "models; gated-GELU experts too)")
+  direction = convert.add_mutually_exclusive_group(required=True)
+  direction.add_argument(
+      "--from_hf", help="a Hugging Face directory (config.json + safetensors "
+      "or pytorch_model.bin, sharded or not) to import into the new "
+      "--model_dir (model.ckpt-0 and operative_config.gin)")
+  direction.add_argument(
+      "--to_hf", help="a new directory to export the latest checkpoint of "
+      "--model_dir into (config.json + safetensors)")
+  convert.add_argument("--model_dir", required=True)
+  convert.add_argument(
+      "--routing", choices=["hf", "paper"], default="hf",
+      help="import: hf routes each sequence with Hugging Face's fixed "
+      "expert_capacity (the same outputs); paper uses groups and capacity "
+      "factors")
+  convert.add_argument(
+      "--expert_capacity", type=int, default=None,
+      help="export: Hugging Face's slots per expert and sequence (default: "
+      "the model's SwitchFFN.expert_capacity, else its eval capacity for one "
+      "input sequence)")
+  convert.add_argument("--max_shard_mb", type=float, default=1024,
+                       help="export: largest safetensors shard")
+  convert.set_defaults(func=_convert)
 
   predict = commands.add_parser(
       "predict", help="decode the lines of --input_file with the latest "

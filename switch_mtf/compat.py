@@ -77,8 +77,14 @@ def _patch_tensor_conversion_registry():
 
 
 def _check_pkg_resources():
+  """Mesh TF and our config need pkg_resources; setuptools 81 (which torch
+  2.13 needs at least 77.0.3 of) warns that it is deprecated on the first
+  import.  We import it first, quietly: the warning is not the user's."""
+  import warnings  # pylint: disable=g-import-not-at-top
   try:
-    import pkg_resources  # pylint: disable=unused-import,g-import-not-at-top
+    with warnings.catch_warnings():
+      warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+      import pkg_resources  # pylint: disable=unused-import,g-import-not-at-top
   except ImportError as e:
     raise ImportError(
         "mesh_tensorflow.transformer needs pkg_resources, which setuptools>=82 "

@@ -20,6 +20,7 @@ Dropped tokens get exactly 0 from this layer; the residual connection around
 it carries them to the next layer unchanged.
 """
 import dataclasses
+import typing
 import weakref
 
 import gin
@@ -60,6 +61,12 @@ class SwitchConfig:
     summarize_expert_load: in training, also write each expert's share of
       the tokens as its own scalar summary (``router/expert_load_03``), for
       plots of the load over time (off by default: E scalars per layer).
+    route_per_sequence: every sequence is one routing group, whatever its
+      length (Hugging Face's SwitchTransformers); ``group_size`` is then
+      unused.  The batch must split evenly over the batch mesh dimension.
+    expert_capacity: a fixed number of slots per expert and group, in
+      training and eval alike (Hugging Face's ``expert_capacity``), instead
+      of the capacity factors; capped at the group size.  None: factors.
   """
   num_experts: int = 8
   hidden_size: int = 2048
@@ -73,6 +80,8 @@ class SwitchConfig:
   init_scale: float = 0.1
   dispatch: str = "einsum"
   summarize_expert_load: bool = False
+  route_per_sequence: bool = False
+  expert_capacity: typing.Optional[int] = None
 
   def __post_init__(self):
     if not isinstance(self.num_experts, int) or self.num_experts < 1:
@@ -96,6 +105,10 @@ class SwitchConfig:
                         % (self.expert_dropout_rate,))
     if not self.init_scale > 0:
       raise ConfigError("init_scale=%r must be > 0" % (self.init_scale,))
+    if self.expert_capacity is not None and (
+        not isinstance(self.expert_capacity, int) or self.expert_capacity < 1):
+      raise ConfigError("expert_capacity=%r must be an integer >= 1, or None "
+                        "for the capacity factors" % (self.expert_capacity,))
     experts_lib.check_activation(self.activation)
     if self.dispatch not in dispatch_lib.DISPATCH_IMPLEMENTATIONS:
       raise ConfigError("dispatch=%r is unknown: use one of %s" % (
@@ -105,6 +118,8 @@ class SwitchConfig:
     """Expert capacity for a group of ``group_size`` tokens."""
     if not train and not self.drop_tokens_eval:
       factor = None
+    elif self.expert_capacity is not None:
+      return min(self.expert_capacity, group_size)
     else:
       factor = (self.capacity_factor_train if train
                 else self.capacity_factor_eval)
@@ -156,8 +171,15 @@ def switch_feed_forward(x, config, router, train, variable_dtype,
   experts_dim = mtf.Dimension("experts", config.num_experts)
   hidden_dim = mtf.Dimension("expert_hidden", config.hidden_size)
   batch_ways = layout_lib.split_ways(layout, mesh_shape, batch_dim)
+  sequence_tokens = num_tokens // batch_dim.size
   num_groups, group_size = capacity_lib.split_into_groups(
-      num_tokens, config.group_size, batch_ways)
+      num_tokens, sequence_tokens if config.route_per_sequence
+      else config.group_size, batch_ways)
+  if config.route_per_sequence and group_size != sequence_tokens:
+    raise ConfigError(
+        "SwitchFFN.route_per_sequence: %d sequences cannot be split over the "
+        "%d devices of the batch mesh dimension: make the batch size a "
+        "multiple of %d" % (batch_dim.size, batch_ways, batch_ways))
   groups_dim = mtf.Dimension(batch_dim.name, num_groups)
   group_dim = mtf.Dimension("group", group_size)
   capacity_dim = mtf.Dimension(
@@ -253,6 +275,8 @@ class SwitchFFN(transformer.TransformerLayer):
                init_scale=0.1,
                dispatch="einsum",
                summarize_expert_load=False,
+               route_per_sequence=False,
+               expert_capacity=None,
                router=None):
     self.config = SwitchConfig(
         num_experts=num_experts, hidden_size=hidden_size,
@@ -261,7 +285,9 @@ class SwitchFFN(transformer.TransformerLayer):
         min_expert_capacity=min_expert_capacity,
         drop_tokens_eval=drop_tokens_eval, activation=activation,
         expert_dropout_rate=expert_dropout_rate, init_scale=init_scale,
-        dispatch=dispatch, summarize_expert_load=summarize_expert_load)
+        dispatch=dispatch, summarize_expert_load=summarize_expert_load,
+        route_per_sequence=route_per_sequence,
+        expert_capacity=expert_capacity)
     if router is None:
       router = routing.SwitchRouter()
     elif isinstance(router, str):

@@ -30,6 +30,36 @@ def test_train_and_eval_factors():
   assert no_drop.capacity(1024, train=True) == 160
 
 
+def test_fixed_expert_capacity_replaces_the_factors():
+  # Hugging Face's expert_capacity: the same slots in training and eval,
+  # capped at the group; drop_tokens_eval=False still drops nothing.
+  fixed = SwitchConfig(num_experts=8, expert_capacity=64)
+  assert fixed.capacity(512, train=True) == fixed.capacity(512, False) == 64
+  assert fixed.capacity(40, train=True) == 40
+  assert SwitchConfig(num_experts=8, expert_capacity=64,
+                      drop_tokens_eval=False).capacity(512, False) == 512
+
+
+def test_route_per_sequence_needs_whole_sequences_per_device():
+  import helpers  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  config = SwitchConfig(num_experts=2, hidden_size=8, route_per_sequence=True,
+                        expert_capacity=2)
+  tokens = np.random.RandomState(0).randn(2, 5, 4)
+  with pytest.raises(ConfigError, match="route_per_sequence: 2 sequences "
+                     "cannot be split over the 5 devices"):
+    helpers.run_switch(tokens, config, mesh_shape="batch:5",
+                       layout="batch:batch")
+  # One group per sequence (not one of all 10 tokens, as group_size 1024
+  # would make on one device): 2 slots per expert in each sequence.
+  out = helpers.run_switch(tokens, config)
+  kept = np.abs(out["y"]).sum(-1) > 0
+  choice = out["probs"].argmax(-1)
+  for b in range(2):   # the first two tokens of each expert in the sequence
+    expected = [(choice[b, :i] == choice[b, i]).sum() < 2 for i in range(5)]
+    assert kept[b].tolist() == expected
+
+
 @pytest.mark.parametrize("tokens,max_group,ways,expected", [
     (4096, 1024, 1, (4, 1024)),
     (4096, 1024, 8, (8, 512)),       # groups must be a multiple of the split
@@ -55,6 +85,7 @@ def test_tokens_not_divisible_into_groups():
     (dict(dispatch="scatter"), "dispatch='scatter'"),
     (dict(expert_dropout_rate=1.0), "expert_dropout_rate=1.0"),
     (dict(group_size=0), "group_size=0"),
+    (dict(expert_capacity=0), "expert_capacity=0"),
 ])
 def test_bad_values_name_the_value(kwargs, message):
   with pytest.raises(ConfigError, match=message.replace(".", r"\.")
