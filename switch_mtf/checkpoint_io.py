@@ -50,9 +50,9 @@ class CheckpointWriter(object):
     self._pending_bytes = 0
     self._parts = []
 
-  def add(self, name, value):
-    """A whole tensor."""
-    self._queue(name, "", np.asarray(value, np.float32))
+  def add(self, name, value, dtype=np.float32):
+    """A whole tensor (``dtype=np.int64`` for ``global_step``)."""
+    self._queue(name, "", np.asarray(value, dtype))
 
   def add_slice(self, name, full_shape, index, value):
     """``value`` is ``tensor[index]`` of a tensor of ``full_shape``."""

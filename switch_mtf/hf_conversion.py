@@ -60,12 +60,18 @@ Mapping decisions (``tensor_map`` is the single table both directions use):
   Mesh TF's ``gelu``, the tanh approximation the checkpoints were trained
   with (Hugging Face's ``gelu`` is the erf form: it differs by < 1e-3).
 * Optimizer slots, ``global_step`` and a distillation teacher
-  (``teacher/...``) are not exported; the import starts at step 0.
+  (``teacher/...``) are not exported; the import starts at step 0 (it
+  writes ``global_step`` = 0, which the Estimator's eval needs).
+* Jitter: Hugging Face multiplies the router input in place, so in float32
+  training its experts see the jittered input too (its issue 33969); here
+  only the router does, as in the paper and Mesh TF.
 """
 import dataclasses
 import json
 import os
 import typing
+
+import numpy as np
 
 from switch_mtf import capacity as capacity_lib
 from switch_mtf import checkpoint_io
@@ -363,6 +369,8 @@ def import_hf(hf_dir, model_dir, routing="hf", out=print):
       else:
         value = reader.get(entry.hf[0])
         writer.add(entry.ours, value.T if entry.transpose else value)
+    # The Estimator's eval and predict restore the step too.
+    writer.add("global_step", 0, dtype=np.int64)
     writer.close()
     with open(os.path.join(scratch, "operative_config.gin"), "w") as f:
       f.write(gin_text)
@@ -403,7 +411,10 @@ def architecture_from_checkpoint(shapes, expert_capacity=None):
     raise ConfigError("the checkpoint has no %s: only T5-style shared "
                       "relative position biases export" % bias)
   heads, buckets = shapes[bias]
-  q = shapes["encoder/block_000/layer_000/SelfAttention/q"]
+  q = shapes.get("encoder/block_000/layer_000/SelfAttention/q")
+  if q is None or len(q) != 2:
+    raise ConfigError("the checkpoint has no 2-D encoder/block_000/layer_000/"
+                      "SelfAttention/q: only T5 attention layers export")
   layers = {s: _block_indices(shapes, s) for s in ("encoder", "decoder")}
   sparse = {s: tuple(i for i in layers[s] if any(
       n.startswith("%s/block_%03d/" % (s, i)) and "/SwitchFFN/" in n

@@ -236,6 +236,13 @@ def test_converted_checkpoint_finetunes_and_exports_back(tmp_path):
   assert "converted" in result.stdout
   lengths = ("--gin_param=utils.run.sequence_length = "
              "{'inputs': 32, 'targets': 16}")
+  # It evaluates as converted, with its gin file (step 0).
+  result = _cli("eval", "--gin_file", os.path.join(converted,
+                                                  "operative_config.gin"),
+                "--gin_file=layouts/cpu_1", lengths, "--model_dir", converted)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert re.search(r"^step 0: validation neg_log_perplexity -[0-9.]+ ",
+                   result.stdout, re.M), result.stdout
   result = _cli("finetune", "--gin_file=layouts/cpu_ep_2", lengths,
                 "--pretrained_model_dir", converted, "--model_dir", tuned,
                 "--steps", "12", "--log_every", "1", "--learning_rate",
