@@ -381,3 +381,30 @@ def _imported(tmp_path, name):
   out = str(tmp_path / (name + "_converted"))
   hf_conversion.import_hf(str(tmp_path / name), out, out=lambda line: None)
   return out
+
+
+@pytest.mark.parametrize("preset,hub_config", [
+    # google/switch-base-8's config.json (the fields that shape the model).
+    ("models/released/switch_base_8", dict(
+        d_model=768, d_kv=64, d_ff=3072, num_heads=12, num_layers=12,
+        num_decoder_layers=12, num_sparse_encoder_layers=6,
+        num_sparse_decoder_layers=6, num_experts=8, dense_act_fn="relu")),
+    # switch-xxl-128: gated GELU, a separate output layer.
+    ("models/released/switch_xxl_128", dict(
+        d_model=4096, d_kv=64, d_ff=10240, num_heads=64, num_layers=24,
+        num_decoder_layers=24, num_sparse_encoder_layers=12,
+        num_sparse_decoder_layers=12, num_experts=128,
+        feed_forward_proj="gated-gelu", tie_word_embeddings=False))])
+def test_released_configs_map_onto_our_released_presets(preset, hub_config):
+  from switch_mtf import accounting  # pylint: disable=g-import-not-at-top
+  names = ["x.wi_0.weight"] if "feed_forward_proj" in hub_config else []
+  arch = hf_conversion.architecture_from_hf(
+      dict(hub_config, model_type="switch_transformers", vocab_size=32128),
+      names)
+  config.parse([preset])
+  counted = accounting.count("bitransformer", 32100,
+                             {"inputs": 16, "targets": 16}, 1)
+  preset_variables = {v.name: tuple(d.size for d in v.dims)
+                      for v in counted.variables}
+  assert preset_variables == {t.ours: t.shape
+                              for t in hf_conversion.tensor_map(arch)}
