@@ -43,10 +43,17 @@ def test_same_seed_same_numbers_in_separate_processes(tmp_path):
 
 
 def test_t5_mesh_tensorflow_model_imports_without_torch():
+  # In a fresh interpreter: the conversion tests import torch into this one.
+  import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  from t5.models import mtf_model  # pylint: disable=g-import-not-at-top
-  assert mtf_model.MtfModel.train
-  assert "torch" not in sys.modules
+  code = ("import sys, switch_mtf\n"
+          "from t5.models import mtf_model\n"
+          "assert mtf_model.MtfModel.train\n"
+          "print('torch' in sys.modules)\n")
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                          text=True, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip().splitlines()[-1] == "False"
 
 
 def test_attention_kernels_follow_the_gin_init_scale():
