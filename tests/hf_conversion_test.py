@@ -408,3 +408,9 @@ def test_released_configs_map_onto_our_released_presets(preset, hub_config):
                       for v in counted.variables}
   assert preset_variables == {t.ours: t.shape
                               for t in hf_conversion.tensor_map(arch)}
+  # Hugging Face's routing by default; the paper's capacity factors on
+  # request.
+  assert "SwitchFFN.expert_capacity = 64" in hf_conversion.gin_bindings(arch)
+  paper = hf_conversion.gin_bindings(arch, routing="paper")
+  assert not [b for b in paper if "route_per_sequence" in b
+              or "expert_capacity" in b]
