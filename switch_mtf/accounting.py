@@ -316,8 +316,7 @@ def _capacity(switch, batch_size, layout, mesh_shape):
   batch_ways = layout_lib.split_ways(layout, mesh_shape,
                                      _dim("batch", batch_size))
   groups, group = capacity_lib.split_into_groups(
-      batch_size * length, length if layer.config.route_per_sequence
-      else layer.config.group_size, batch_ways)
+      batch_size * length, layer.config.max_group_size(length), batch_ways)
   return ({"train": layer.config.capacity(group, True),
            "eval": layer.config.capacity(group, False)}, group, groups)
 

@@ -114,6 +114,10 @@ class SwitchConfig:
       raise ConfigError("dispatch=%r is unknown: use one of %s" % (
           self.dispatch, ", ".join(dispatch_lib.DISPATCH_IMPLEMENTATIONS)))
 
+  def max_group_size(self, sequence_tokens):
+    """The largest routing group for sequences of ``sequence_tokens``."""
+    return sequence_tokens if self.route_per_sequence else self.group_size
+
   def capacity(self, group_size, train):
     """Expert capacity for a group of ``group_size`` tokens."""
     if not train and not self.drop_tokens_eval:
@@ -173,8 +177,7 @@ def switch_feed_forward(x, config, router, train, variable_dtype,
   batch_ways = layout_lib.split_ways(layout, mesh_shape, batch_dim)
   sequence_tokens = num_tokens // batch_dim.size
   num_groups, group_size = capacity_lib.split_into_groups(
-      num_tokens, sequence_tokens if config.route_per_sequence
-      else config.group_size, batch_ways)
+      num_tokens, config.max_group_size(sequence_tokens), batch_ways)
   if config.route_per_sequence and group_size != sequence_tokens:
     raise ConfigError(
         "SwitchFFN.route_per_sequence: %d sequences cannot be split over the "
