@@ -8,8 +8,8 @@ about ``batch_bytes`` (256 MB); ``close`` merges the batches into one
 checkpoint with ``MergeV2Checkpoints``, which renames their data files
 instead of copying them.  Any TensorFlow restore (the Estimator's
 ``init_checkpoint``, ``tf.train.load_checkpoint``) reads sliced tensors as
-whole ones.
-``read_slice`` reads one first-axis slice back with ``RestoreV2``.
+whole ones.  ``CheckpointReader.read_slice`` reads one first-axis slice
+back with ``RestoreV2``.
 """
 import os
 

@@ -9,7 +9,7 @@ training the upcycled model starts a new run from step 0.
 
 The Switch model's variables come from ``accounting.count`` (the same names
 and shapes as the graph, without building it).  We write the result with
-``tf.train.Saver`` and hand it to the usual ``init_checkpoint`` path.
+``checkpoint_io`` and hand it to the usual ``init_checkpoint`` path.
 """
 import os
 
@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow.compat.v1 as tf
 
 from switch_mtf import accounting
+from switch_mtf import checkpoint_io
 from switch_mtf.errors import ConfigError
 
 
@@ -65,15 +66,14 @@ def upcycled_values(dense_checkpoint, switch_variables):
 
 
 def write_checkpoint(values, prefix):
-  """Saves {name: array} as a TensorFlow checkpoint at ``prefix``."""
+  """Saves {name: array} as a TensorFlow checkpoint at ``prefix`` (each
+  array keeps its dtype)."""
   os.makedirs(os.path.dirname(prefix), exist_ok=True)
-  with tf.Graph().as_default():
-    variables = {name: tf.Variable(value, name="v%d" % i)
-                 for i, (name, value) in enumerate(sorted(values.items()))}
-    saver = tf.train.Saver(variables)
-    with tf.Session() as session:
-      session.run(tf.global_variables_initializer())
-      return saver.save(session, prefix, write_meta_graph=False)
+  writer = checkpoint_io.CheckpointWriter(prefix)
+  for name, value in sorted(values.items()):
+    value = np.asarray(value)
+    writer.add(name, value, dtype=value.dtype)
+  return writer.close()
 
 
 def upcycle(dense_model_dir, prefix, vocab_size, sequence_length, batch_size,
