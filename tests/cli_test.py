@@ -1,17 +1,12 @@
 """The switch-mtf command line: the demo job end to end, and bad input."""
 import json
 import os
-import subprocess
-import sys
 
-
-def _cli(*args):
-  return subprocess.run([sys.executable, "-m", "switch_mtf.cli"] + list(args),
-                        capture_output=True, text=True, check=False)
+import helpers
 
 
 def test_demo_trains_evaluates_and_writes_results(tmp_path):
-  result = _cli("demo", "--steps", "4", "--output_dir", str(tmp_path))
+  result = helpers.cli("demo", "--steps", "4", "--output_dir", str(tmp_path))
   assert result.returncode == 0, result.stderr[-2000:]
   assert "validation neg. log perplexity" in result.stdout
   assert os.path.exists(os.path.join(tmp_path, "model", "model.ckpt-4.index"))
@@ -34,8 +29,8 @@ def test_demo_trains_evaluates_and_writes_results(tmp_path):
 
 
 def test_impossible_layout_is_one_line_and_exit_2(tmp_path):
-  result = _cli("demo", "--steps", "1", "--experts", "3", "--devices", "2",
-                "--output_dir", str(tmp_path))
+  result = helpers.cli("demo", "--steps", "1", "--experts", "3",
+                       "--devices", "2", "--output_dir", str(tmp_path))
   assert result.returncode == 2
   assert "Traceback" not in result.stderr
   last = result.stderr.strip().splitlines()[-1]

@@ -2,8 +2,6 @@
 student starts from exactly the teacher's non-expert weights, the loss is the
 hard/soft mix, and the mode runs end to end on a 2-device CPU mesh."""
 import os
-import subprocess
-import sys
 
 import mesh_tensorflow as mtf
 from mesh_tensorflow.transformer import transformer
@@ -12,6 +10,7 @@ import pytest
 import seqio
 import tensorflow.compat.v1 as tf
 
+import helpers
 from switch_mtf import accounting
 from switch_mtf import config
 from switch_mtf import distillation
@@ -162,19 +161,16 @@ def test_the_model_loss_is_the_mix_of_hard_and_teacher_losses():
   assert abs(out["loss"] - out["hard"]) > 1e-3
 
 
-def _cli(*args):
-  return subprocess.run([sys.executable, "-m", "switch_mtf.cli"] + list(args),
-                        capture_output=True, text=True, check=False)
-
 
 def test_distill_mode_end_to_end(teacher, tmp_path):
   teacher_dir, arrays = teacher
   model_dir = str(tmp_path / "student")
-  result = _cli("distill", "--gin_file=models/small/dense",
-                "--gin_file=layouts/cpu_ep_2", "--gin_param=" + SMALL,
-                "--teacher_model_dir", teacher_dir, "--model_dir", model_dir,
-                "--steps", "2", "--save_checkpoints_steps", "1",
-                "--log_every", "1")
+  result = helpers.cli("distill", "--gin_file=models/small/dense",
+                       "--gin_file=layouts/cpu_ep_2", "--gin_param=" + SMALL,
+                       "--teacher_model_dir", teacher_dir,
+                       "--model_dir", model_dir, "--steps", "2",
+                       "--save_checkpoints_steps", "1",
+                       "--log_every", "1")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "distilling %s" % teacher_dir in result.stdout
   assert "step 2/2" in result.stdout
@@ -189,18 +185,18 @@ def test_distill_mode_end_to_end(teacher, tmp_path):
   assert not np.array_equal(end.get_tensor("shared/embedding"),
                             arrays["shared/embedding"])
   # The student is an ordinary dense model for evaluation.
-  result = _cli("eval", "--gin_file=models/small/dense",
-                "--gin_file=layouts/cpu_1", "--gin_param=" + SMALL,
-                "--model_dir", model_dir)
+  result = helpers.cli("eval", "--gin_file=models/small/dense",
+                       "--gin_file=layouts/cpu_1", "--gin_param=" + SMALL,
+                       "--model_dir", model_dir)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "step 2: validation neg_log_perplexity" in result.stdout
 
 
 def test_distill_without_a_trained_teacher_is_one_line(tmp_path):
-  result = _cli("distill", "--gin_file=models/small/dense",
-                "--gin_file=layouts/cpu_1", "--teacher_model_dir",
-                str(tmp_path), "--model_dir", str(tmp_path / "s"),
-                "--steps", "1")
+  result = helpers.cli("distill", "--gin_file=models/small/dense",
+                       "--gin_file=layouts/cpu_1", "--teacher_model_dir",
+                       str(tmp_path), "--model_dir", str(tmp_path / "s"),
+                       "--steps", "1")
   assert result.returncode == 2
   assert "Traceback" not in result.stderr
   assert result.stderr.strip().splitlines()[-1] == (

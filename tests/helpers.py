@@ -1,4 +1,8 @@
-"""Builds and runs one Switch layer on a virtual mesh, for the tests."""
+"""Test helpers: one Switch layer on a virtual mesh, and the command line."""
+import re
+import subprocess
+import sys
+
 import mesh_tensorflow as mtf
 import numpy as np
 
@@ -78,3 +82,15 @@ def lm_loss(program, model, sequences):
                               compute_loss=True, mode="train",
                               variable_dtype=mesh_program.FLOAT32)
   return loss
+
+
+def cli(*args, **kwargs):
+  """Runs ``switch-mtf ARGS`` in a child process (output captured)."""
+  return subprocess.run([sys.executable, "-m", "switch_mtf.cli"] + list(args),
+                        capture_output=True, text=True, check=False, **kwargs)
+
+
+def losses(output):
+  """{step: loss} from a run's progress lines."""
+  return {int(s): float(v) for s, v in re.findall(
+      r"^step (\d+)/\d+  loss ([-0-9.naninf]+)", output, re.M)}

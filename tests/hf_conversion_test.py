@@ -8,8 +8,6 @@ padding tokens, switch_mtf does not)."""
 import json
 import os
 import re
-import subprocess
-import sys
 
 import mesh_tensorflow as mtf
 import numpy as np
@@ -21,6 +19,7 @@ from transformers.models.switch_transformers import (
     modeling_switch_transformers as hf_switch)
 from transformers.models.t5 import modeling_t5
 
+import helpers
 from switch_mtf import checkpoint_io
 from switch_mtf import cli
 from switch_mtf import config
@@ -216,14 +215,6 @@ def test_import_then_export_gives_back_every_tensor(tmp_path, gated):
         **SMALL, tie_word_embeddings=not gated).to_dict()[key], key
 
 
-def _cli(*args):
-  return subprocess.run([sys.executable, "-m", "switch_mtf.cli"] + list(args),
-                        capture_output=True, text=True, check=False)
-
-
-def _losses(output):
-  return [float(v) for v in re.findall(r"^step \d+/\d+  loss ([0-9.]+)",
-                                       output, re.M)]
 
 
 def test_converted_checkpoint_finetunes_and_exports_back(tmp_path):
@@ -231,30 +222,33 @@ def test_converted_checkpoint_finetunes_and_exports_back(tmp_path):
   hf_dir = str(tmp_path / "hf")
   _hf_model(hf_dir, vocab_size=384, expert_capacity=16)
   converted, tuned = str(tmp_path / "converted"), str(tmp_path / "tuned")
-  result = _cli("convert", "--from_hf", hf_dir, "--model_dir", converted)
+  result = helpers.cli("convert", "--from_hf", hf_dir,
+                       "--model_dir", converted)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "converted" in result.stdout
   lengths = ("--gin_param=utils.run.sequence_length = "
              "{'inputs': 32, 'targets': 16}")
   # It evaluates as converted, with its gin file (step 0).
-  result = _cli("eval", "--gin_file", os.path.join(converted,
-                                                  "operative_config.gin"),
-                "--gin_file=layouts/cpu_1", lengths, "--model_dir", converted)
+  gin_file = os.path.join(converted, "operative_config.gin")
+  result = helpers.cli("eval", "--gin_file", gin_file,
+                       "--gin_file=layouts/cpu_1", lengths,
+                       "--model_dir", converted)
   assert result.returncode == 0, result.stderr[-3000:]
   assert re.search(r"^step 0: validation neg_log_perplexity -[0-9.]+ ",
                    result.stdout, re.M), result.stdout
-  result = _cli("finetune", "--gin_file=layouts/cpu_ep_2", lengths,
-                "--pretrained_model_dir", converted, "--model_dir", tuned,
-                "--steps", "12", "--log_every", "1", "--learning_rate",
-                "0.003", "--save_checkpoints_steps", "12")
+  result = helpers.cli("finetune", "--gin_file=layouts/cpu_ep_2", lengths,
+                       "--pretrained_model_dir", converted,
+                       "--model_dir", tuned, "--steps", "12",
+                       "--log_every", "1", "--learning_rate",
+                       "0.003", "--save_checkpoints_steps", "12")
   assert result.returncode == 0, result.stderr[-3000:]
-  losses = _losses(result.stdout)
+  losses = list(helpers.losses(result.stdout).values())
   assert len(losses) == 12, result.stdout
   assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.1, losses
   # Export the fine-tuned checkpoint (optimizer slots and all): Hugging
   # Face loads it and computes what switch_mtf computes.
   back = str(tmp_path / "back")
-  result = _cli("convert", "--to_hf", back, "--model_dir", tuned)
+  result = helpers.cli("convert", "--to_hf", back, "--model_dir", tuned)
   assert result.returncode == 0, result.stderr[-3000:]
   model = transformers.SwitchTransformersForConditionalGeneration\
       .from_pretrained(back).eval()

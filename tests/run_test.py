@@ -12,20 +12,11 @@ import time
 
 import pytest
 
+import helpers
+
 MODEL = ["--gin_file=models/small/switch_8",
          "--gin_param=utils.run.sequence_length = "
          "{'inputs': 64, 'targets': 16}"]
-
-
-def _cli(*args, **kwargs):
-  return subprocess.run([sys.executable, "-m", "switch_mtf.cli"] + list(args),
-                        capture_output=True, text=True, check=False, **kwargs)
-
-
-def _losses(output):
-  """{step: loss} from the progress lines."""
-  return {int(s): float(v) for s, v in re.findall(
-      r"^step (\d+)/\d+  loss ([-0-9.naninf]+)", output, re.M)}
 
 
 def _checkpoint_state(model_dir):
@@ -44,8 +35,8 @@ TRAIN = ["train", *MODEL, "--gin_file=layouts/cpu_ep_2", "--log_every=1",
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   model_dir = str(tmp_path_factory.mktemp("model"))
-  first = _cli(*TRAIN, "--model_dir", model_dir, "--steps", "6",
-               "--save_checkpoints_steps", "2")
+  first = helpers.cli(*TRAIN, "--model_dir", model_dir, "--steps", "6",
+                      "--save_checkpoints_steps", "2")
   assert first.returncode == 0, first.stderr[-3000:]
   return model_dir, first
 
@@ -57,7 +48,7 @@ def test_train_writes_checkpoints_and_config(trained):
   assert "operative_config.gin" in files
   with open(os.path.join(model_dir, "operative_config.gin")) as f:
     assert "SwitchFFN.num_experts = 8" in f.read()
-  losses = _losses(first.stdout)
+  losses = helpers.losses(first.stdout)
   assert sorted(losses) == [1, 2, 3, 4, 5, 6] and losses[6] < losses[1]
 
 
@@ -100,7 +91,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_losses(trained,
   checkpoint and started again, training continues exactly as the
   uninterrupted run (data skipped, step-keyed noise, float32 checkpoints)."""
   _, first = trained
-  reference = _losses(first.stdout)
+  reference = helpers.losses(first.stdout)
   model_dir = str(tmp_path / "killed")
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   process = subprocess.Popen(
@@ -120,18 +111,18 @@ def test_sigkill_then_resume_gives_the_uninterrupted_losses(trained,
   process.send_signal(signal.SIGKILL)
   killed_output = process.communicate()[0]
   assert process.returncode == -signal.SIGKILL
-  killed = _losses(killed_output)
+  killed = helpers.losses(killed_output)
   shared = [s for s in killed if s in reference]
   assert shared and all(killed[s] == reference[s] for s in shared)
   start = max(int(f.split("-")[1].split(".")[0])
               for f in os.listdir(model_dir) if f.endswith(".index"))
   if start + 2 > max(reference):
     pytest.skip("the killed run got past step %d before the kill" % start)
-  resumed = _cli(*TRAIN, "--model_dir", model_dir, "--steps",
-                 str(start + 2), "--save_checkpoints_steps", "1")
+  resumed = helpers.cli(*TRAIN, "--model_dir", model_dir, "--steps",
+                        str(start + 2), "--save_checkpoints_steps", "1")
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resuming from the checkpoint at step %d" % start in resumed.stdout
-  losses = _losses(resumed.stdout)
+  losses = helpers.losses(resumed.stdout)
   assert sorted(losses) == [start + 1, start + 2]
   for step, loss in losses.items():
     assert loss == reference[step], (step, loss, reference[step])
@@ -142,8 +133,9 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(trained,
   model_dir = str(tmp_path / "diverged")
   shutil.copytree(trained[0], model_dir)
   before = _checkpoint_state(model_dir)
-  result = _cli(*TRAIN, "--model_dir", model_dir, "--steps", "10",
-                "--save_checkpoints_steps", "1", "--learning_rate", "inf")
+  result = helpers.cli(*TRAIN, "--model_dir", model_dir, "--steps", "10",
+                       "--save_checkpoints_steps", "1",
+                       "--learning_rate", "inf")
   assert result.returncode == 1, result.stderr[-3000:]
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("switch-mtf: error:") and "NaN" in last, last
@@ -153,8 +145,8 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(trained,
 
 def test_eval_on_another_layout(trained):
   model_dir, _ = trained
-  result = _cli("eval", *MODEL, "--gin_file=layouts/cpu_1",
-                "--model_dir", model_dir)
+  result = helpers.cli("eval", *MODEL, "--gin_file=layouts/cpu_1",
+                       "--model_dir", model_dir)
   assert result.returncode == 0, result.stderr[-3000:]
   match = re.search(r"validation neg_log_perplexity (-?[0-9.]+) \((\d+) "
                     r"examples, (\d+) target tokens\)", result.stdout)
@@ -193,8 +185,8 @@ def test_eval_on_another_layout(trained):
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(
       [os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
-  result = _cli(*(args[:1] + MODEL + args[1:]),
-                "--model_dir", str(tmp_path / "m"), env=env)
+  result = helpers.cli(*(args[:1] + MODEL + args[1:]),
+                       "--model_dir", str(tmp_path / "m"), env=env)
   assert result.returncode == 2, result.stderr[-2000:]
   assert "Traceback" not in result.stderr
   last = result.stderr.strip().splitlines()[-1]
@@ -208,9 +200,10 @@ def test_finetune_on_qa_with_expert_dropout_then_task_metrics(trained,
                                                              tmp_path):
   model_dir, _ = trained
   new_dir = str(tmp_path / "finetuned")
-  result = _cli("finetune", *MODEL, "--gin_file=layouts/cpu_ep_2", QA,
-                "--pretrained_model_dir", model_dir, "--model_dir", new_dir,
-                "--steps", "2", "--save_checkpoints_steps", "2")
+  result = helpers.cli("finetune", *MODEL, "--gin_file=layouts/cpu_ep_2", QA,
+                       "--pretrained_model_dir", model_dir,
+                       "--model_dir", new_dir, "--steps", "2",
+                       "--save_checkpoints_steps", "2")
   assert result.returncode == 0, result.stderr[-3000:]
   pretrained = max(int(f.split("-")[1].split(".")[0])
                    for f in os.listdir(model_dir) if f.endswith(".index"))
@@ -220,8 +213,8 @@ def test_finetune_on_qa_with_expert_dropout_then_task_metrics(trained,
   assert "encoder/SwitchFFN.expert_dropout_rate = 0.4" in operative
   assert "\ndropout_rate = 0.1" in operative
   # eval decodes the validation questions and applies the task's metric.
-  result = _cli("eval", *MODEL, "--gin_file=layouts/cpu_1", QA,
-                "--model_dir", new_dir)
+  result = helpers.cli("eval", *MODEL, "--gin_file=layouts/cpu_1", QA,
+                       "--model_dir", new_dir)
   assert result.returncode == 0, result.stderr[-3000:]
   match = re.search(r"^step (\d+): validation "
                     r"switch_mtf_embedded_closed_book_qa em ([0-9.]+)$",
@@ -257,9 +250,9 @@ def test_predict_decodes_each_input_line(trained, tmp_path):
   inputs = tmp_path / "inputs.txt"
   inputs.write_text("Gazios Gidaen was a merchant born in\nThe city of\n")
   outputs = tmp_path / "outputs.txt"
-  result = _cli("predict", *MODEL, "--gin_file=layouts/cpu_1",
-                "--model_dir", model_dir, "--input_file", str(inputs),
-                "--output_file", str(outputs))
+  result = helpers.cli("predict", *MODEL, "--gin_file=layouts/cpu_1",
+                       "--model_dir", model_dir, "--input_file", str(inputs),
+                       "--output_file", str(outputs))
   assert result.returncode == 0, result.stderr[-3000:]
   written = [p for p in os.listdir(tmp_path) if p.startswith("outputs.txt")]
   assert written
@@ -271,11 +264,11 @@ def test_a_checkpoint_of_another_model_is_one_line_and_kept(trained):
   model_dir, _ = trained
 
   before = _checkpoint_state(model_dir)
-  result = _cli("train", "--gin_file=models/small/switch_4",
-                "--gin_param=utils.run.sequence_length = "
-                "{'inputs': 64, 'targets': 16}",
-                "--gin_file=layouts/cpu_ep_2", "--model_dir", model_dir,
-                "--steps", "20")
+  result = helpers.cli("train", "--gin_file=models/small/switch_4",
+                       "--gin_param=utils.run.sequence_length = "
+                       "{'inputs': 64, 'targets': 16}",
+                       "--gin_file=layouts/cpu_ep_2", "--model_dir", model_dir,
+                       "--steps", "20")
   assert result.returncode == 2
   last = result.stderr.strip().splitlines()[-1]
   assert "written by a different model" in last, last
@@ -289,11 +282,11 @@ def test_score_writes_one_log_likelihood_per_line(trained, tmp_path):
   (tmp_path / "in.txt").write_text("Gazios Gidaen was\nThe city of\n")
   (tmp_path / "out.txt").write_text("a merchant\nKistaezi\n")
   scores = tmp_path / "scores.txt"
-  result = _cli("score", *MODEL, "--gin_file=layouts/cpu_1",
-                "--model_dir", model_dir,
-                "--inputs_file", str(tmp_path / "in.txt"),
-                "--targets_file", str(tmp_path / "out.txt"),
-                "--output_file", str(scores))
+  result = helpers.cli("score", *MODEL, "--gin_file=layouts/cpu_1",
+                       "--model_dir", model_dir,
+                       "--inputs_file", str(tmp_path / "in.txt"),
+                       "--targets_file", str(tmp_path / "out.txt"),
+                       "--output_file", str(scores))
   assert result.returncode == 0, result.stderr[-3000:]
   values = [float(v) for v in scores.read_text().split()]
   assert len(values) == 2 and all(v < 0 for v in values)
