@@ -161,7 +161,6 @@ def test_the_model_loss_is_the_mix_of_hard_and_teacher_losses():
   assert abs(out["loss"] - out["hard"]) > 1e-3
 
 
-
 def test_distill_mode_end_to_end(teacher, tmp_path):
   teacher_dir, arrays = teacher
   model_dir = str(tmp_path / "student")

@@ -84,10 +84,14 @@ def lm_loss(program, model, sequences):
   return loss
 
 
+# ``switch-mtf`` as a child process's command line.
+CLI = [sys.executable, "-m", "switch_mtf.cli"]
+
+
 def cli(*args, **kwargs):
   """Runs ``switch-mtf ARGS`` in a child process (output captured)."""
-  return subprocess.run([sys.executable, "-m", "switch_mtf.cli"] + list(args),
-                        capture_output=True, text=True, check=False, **kwargs)
+  return subprocess.run(CLI + list(args), capture_output=True, text=True,
+                        check=False, **kwargs)
 
 
 def losses(output):

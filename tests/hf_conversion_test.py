@@ -215,8 +215,6 @@ def test_import_then_export_gives_back_every_tensor(tmp_path, gated):
         **SMALL, tie_word_embeddings=not gated).to_dict()[key], key
 
 
-
-
 def test_converted_checkpoint_finetunes_and_exports_back(tmp_path):
   # The embedded task's byte vocabulary: 259 ids, 384 rows in Mesh TF.
   hf_dir = str(tmp_path / "hf")

@@ -3,12 +3,11 @@ the analysis on hand-made records, and `switch-mtf reproduce` end to end on
 a local text corpus (not the embedded one), resumed from its records."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+import helpers
 from switch_mtf import reproduction as rp
 
 
@@ -86,14 +85,14 @@ def test_reproduce_on_a_local_corpus_then_resume(tmp_path):
   _corpus(tmp_path / "train.txt", 400, 0)
   _corpus(tmp_path / "validation.txt", 20, 1)
   out = tmp_path / "report"
-  args = [sys.executable, "-m", "switch_mtf.cli", "reproduce", "--quick",
+  args = ["reproduce", "--quick",
           "--steps", "12", "--experiments", "experts,balance,cost",
           "--task", "local_span_corruption", "--vocabulary", "bytes",
           "--gin_param", "local_data.pretraining = {'train': '%s', "
           "'validation': '%s'}" % (tmp_path / "train.txt",
                                    tmp_path / "validation.txt"),
           "--output_dir", str(out)]
-  result = subprocess.run(args, capture_output=True, text=True, check=False)
+  result = helpers.cli(*args)
   assert result.returncode == 0, result.stderr[-3000:]
   report = (out / "report.md").read_text()
   for heading in ("## 1. Scaling with experts", "## 3. Load balancing",
@@ -126,7 +125,7 @@ def test_reproduce_on_a_local_corpus_then_resume(tmp_path):
   assert switch["history"][-1]["loss"] != alpha0["history"][-1]["loss"]
   # Run again: every run is reused from its record, the report rewritten.
   os.remove(out / "report.md")
-  again = subprocess.run(args, capture_output=True, text=True, check=False)
+  again = helpers.cli(*args)
   assert again.returncode == 0, again.stderr[-3000:]
   assert again.stdout.count("done before") == 4
   assert "trained steps" not in again.stdout

@@ -7,7 +7,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -95,8 +94,8 @@ def test_sigkill_then_resume_gives_the_uninterrupted_losses(trained,
   model_dir = str(tmp_path / "killed")
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   process = subprocess.Popen(
-      [sys.executable, "-m", "switch_mtf.cli", *TRAIN, "--model_dir",
-       model_dir, "--steps", "1000", "--save_checkpoints_steps", "1"],
+      [*helpers.CLI, *TRAIN, "--model_dir", model_dir, "--steps", "1000",
+       "--save_checkpoints_steps", "1"],
       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
   deadline = time.time() + 300
   index = os.path.join(model_dir, "checkpoint")

@@ -2,14 +2,13 @@
 start as copies of the dense feed-forward layer, the router is new, the rest
 is copied; mismatched models are one clear error."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import seqio
 import tensorflow.compat.v1 as tf
 
+import helpers
 from switch_mtf import accounting
 from switch_mtf import config
 from switch_mtf import upcycling
@@ -75,13 +74,11 @@ def test_a_model_that_differs_outside_the_experts_is_one_error(dense,
 def test_upcycle_mode_trains_from_the_upcycled_weights(dense, tmp_path):
   dense_dir, arrays = dense
   model_dir = str(tmp_path / "upcycled_model")
-  result = subprocess.run(
-      [sys.executable, "-m", "switch_mtf.cli", "upcycle",
-       "--gin_file=models/small/switch_8", SMALL,
-       "--gin_file=layouts/cpu_ep_2", "--dense_model_dir", dense_dir,
-       "--model_dir", model_dir, "--steps", "2",
-       "--save_checkpoints_steps", "1", "--log_every", "1"],
-      capture_output=True, text=True, check=False)
+  result = helpers.cli(
+      "upcycle", "--gin_file=models/small/switch_8", SMALL,
+      "--gin_file=layouts/cpu_ep_2", "--dense_model_dir", dense_dir,
+      "--model_dir", model_dir, "--steps", "2",
+      "--save_checkpoints_steps", "1", "--log_every", "1")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "upcycled %s" % dense_dir in result.stdout
   assert "step 2/2" in result.stdout
