@@ -9,15 +9,16 @@ complete), and runs the same model function on CPU/GPU placement meshes and
 on TPU (SIMD).  ``compat`` makes ``t5.models`` importable without torch.
 """
 import os
+import weakref
 
 import gin
 import numpy as np
 import seqio
-from t5.models import mesh_transformer
 from t5.models import mtf_model
 import tensorflow.compat.v1 as tf
 
 from switch_mtf import config
+from switch_mtf import evaluation
 from switch_mtf import training
 from switch_mtf.errors import ConfigError
 
@@ -199,32 +200,69 @@ def _avoid_upstream_scoring_crashes(num_examples):
     gin.bind_parameter("utils.save_scores.save_example_text", False)
 
 
+# One scoring graph per model object (built at its first evaluation).
+_SCORERS = weakref.WeakKeyDictionary()
+
+
+def _checkpoint_path(model, checkpoint_step):
+  model_dir = model._model_dir  # pylint: disable=protected-access
+  step = latest_step(model_dir) if checkpoint_step == -1 else checkpoint_step
+  path = os.path.join(model_dir, "model.ckpt-%d" % step)
+  if step is None or not tf.io.gfile.exists(path + ".index"):
+    raise ConfigError("no checkpoint of step %s in %s" % (step, model_dir))
+  return path
+
+
 def neg_log_perplexity(model, task_name, split="validation",
                        checkpoint_step=-1):
-  """The paper's metric: mean log-likelihood per target token (nats).
+  """The paper's metric: mean log-likelihood per target token (nats), on
+  the split's fixed examples (``evaluation.fixed_examples``: the same for
+  every model and every call); returns (value, examples, target tokens).
 
-  Scores every example of ``split`` with the checkpoint and divides the summed
-  log-likelihoods by the number of target tokens the model saw.
+  On CPU/GPU meshes the checkpoint is scored in this process by the
+  model's ``evaluation.Scorer`` (built once); on TPU by the Estimator.
   """
   lengths = model._sequence_length  # pylint: disable=protected-access
+  examples = evaluation.fixed_examples(task_name, split, lengths)
+  path = _checkpoint_path(model, checkpoint_step)
+  if model._tpu:  # pylint: disable=protected-access
+    scores = estimator_scores(model, task_name, examples, path)
+    value = float(np.sum(scores, dtype=np.float64)) / examples.target_tokens
+  else:
+    scorer = _SCORERS.get(model)
+    if scorer is None:
+      activation = config.query("utils.get_variable_dtype.activation_dtype",
+                                "float32")
+      scorer = _SCORERS[model] = evaluation.Scorer(
+          vocabulary(task_name).vocab_size, lengths, model.batch_size,
+          model._mesh_shape, model._layout_rules,  # pylint: disable=protected-access
+          mesh_devices=model._mesh_devices,  # pylint: disable=protected-access
+          model_type=model._model_type,  # pylint: disable=protected-access
+          activation_dtype=tf.as_dtype(activation))
+    value = scorer.neg_log_perplexity(path, examples)
+  return value, examples.num_examples, examples.target_tokens
 
-  def count():
-    examples = tokens = 0
-    for eval_dataset in mesh_transformer.mesh_eval_dataset_fn(
-        task_name, lengths, split):
-      for example in eval_dataset.dataset_fn().as_numpy_iterator():
-        examples += 1
-        tokens += int(np.count_nonzero(example["targets"]))
-    return examples, tokens
-  examples, tokens = _memo(check_task(task_name), ("count", split), lengths,
-                           count)
-  _avoid_upstream_scoring_crashes(examples)
-  scores = model.score(mixture_or_task_name=task_name,
-                       mixture_or_task_split=split,
-                       checkpoint_steps=checkpoint_step)
-  if not tokens:
-    raise ConfigError("task %r has no %s examples" % (task_name, split))
-  return float(np.sum(scores)) / tokens, examples, tokens
+
+def estimator_scores(model, task_name, examples, checkpoint_path):
+  """Each example's log-likelihood through upstream Mesh TF's scoring (the
+  Estimator in predict mode), on the same fixed examples."""
+  estimator = model.estimator(vocabulary(task_name),
+                              score_in_predict_mode=True)
+  batch_size = model.batch_size
+  padded = {}
+  for key, value in examples.features.items():
+    rows = -len(value) % batch_size
+    padded[key] = np.concatenate(
+        [value, np.zeros((rows,) + value.shape[1:], value.dtype)])
+
+  def input_fn(params):
+    del params
+    return tf.data.Dataset.from_tensor_slices(padded).batch(
+        batch_size, drop_remainder=True)
+
+  results = estimator.predict(input_fn, checkpoint_path=checkpoint_path)
+  scores = [r["scores"] for r in results]
+  return np.asarray(scores[:examples.num_examples], np.float64)
 
 
 def task_metrics(model, task_name, split="validation"):

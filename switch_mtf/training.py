@@ -15,7 +15,6 @@ TPU), adding what a user needs from a training run:
 - parameters that went NaN/Inf are never written over the last good
   checkpoint: the checkpoint listener refuses the save and training stops.
 """
-import functools
 import time
 
 from t5.models import mesh_transformer
@@ -217,6 +216,20 @@ class ProgressHook(tf.train.SessionRunHook):
           steps * self._tokens_per_step / max(elapsed, 1e-9)))
 
 
+def train_dataset(task_name, sequence_length, batch_size, seed, split="train",
+                  skip=0):
+  """The batches training consumes, in order: T5's packed training examples
+  of the task (shuffled and preprocessed with ``seed``), repeated, batched;
+  the first ``skip`` batches left out (those a resumed run has seen)."""
+  dataset = mesh_transformer.mesh_train_dataset_fn(
+      mixture_or_task_name=task_name, sequence_length=sequence_length,
+      dataset_split=split, seed=seed)
+  dataset = dataset.repeat().batch(batch_size, drop_remainder=True)
+  if skip:
+    dataset = dataset.skip(skip)
+  return dataset.prefetch(tf.data.experimental.AUTOTUNE)
+
+
 def train(model, task_name, steps, split="train", seed=0,
           init_checkpoint=None, seen_data_init_step=0, every=10,
           router_every=100, out=print):
@@ -230,21 +243,17 @@ def train(model, task_name, steps, split="train", seed=0,
   vocabulary = mesh_transformer.get_vocabulary(task_name)
   estimator = compat.seed_estimator(
       model.estimator(vocabulary, init_checkpoint), seed)
-  dataset_fn = functools.partial(mesh_transformer.mesh_train_dataset_fn,
-                                 mixture_or_task_name=task_name, seed=seed)
   sequence_length = model._sequence_length  # pylint: disable=protected-access
   batch_size = model.batch_size
 
   def input_fn(params):
     del params
-    dataset = dataset_fn(sequence_length=sequence_length,
-                         vocabulary=vocabulary, dataset_split=split)
-    dataset = dataset.repeat().batch(batch_size, drop_remainder=True)
+    seen = 0
     if estimator.latest_checkpoint() is not None:
-      seen = estimator.get_variable_value("global_step") - seen_data_init_step
-      if seen > 0:
-        dataset = dataset.skip(seen)
-    return dataset.prefetch(tf.data.experimental.AUTOTUNE)
+      seen = max(0, estimator.get_variable_value("global_step")
+                 - seen_data_init_step)
+    return train_dataset(task_name, sequence_length, batch_size, seed,
+                         split=split, skip=seen)
 
   tokens_per_step = batch_size * sum(sequence_length.values())
   progress = ProgressHook(steps, tokens_per_step, every=every,
