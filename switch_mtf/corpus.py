@@ -4,8 +4,9 @@ people, written out through many sentence templates.
 Deterministic from a seed; needs no network and no files.  Each entity has
 facts (a country, a river, a founding year, a profession, a home town, ...)
 that recur across its articles in different wordings, so predicting the text
-well needs memorized facts (parameters), not only grammar.  Documents about
-an entity are either all in train or all in validation.
+well needs memorized facts (parameters), not only grammar.  By default one
+article of every 20th entity is held out for validation while the entity's
+other articles stay in training (see ``generate``).
 
 What it is not: natural text.  The vocabulary is small and the syntax comes
 from a few dozen templates; use it to exercise the pipeline and to compare
@@ -68,9 +69,10 @@ def _unique_names(rng, count, syllables):
 
 
 @functools.lru_cache(maxsize=4)
-def _entities(seed, num_cities, num_people, sentences_per_doc):
-  """((facts, kind, split, docs), ...) in generation order (cached: treat
-  as read-only)."""
+def _entities(seed, num_cities, num_people, sentences_per_doc,
+              docs_per_entity):
+  """((facts, kind, docs), ...) in generation order (cached: treat as
+  read-only)."""
   rng = random.Random(seed)
   countries = _unique_names(rng, 12, (2, 3))
   rivers = _unique_names(rng, 40, (2,))
@@ -96,33 +98,61 @@ def _entities(seed, num_cities, num_people, sentences_per_doc):
               + [(p, "person") for p in persons])
   rng.shuffle(entities)
   result = []
-  for i, (facts, kind) in enumerate(entities):
+  for facts, kind in entities:
     templates = _CITY_TEMPLATES if kind == "city" else _PERSON_TEMPLATES
     docs = []
-    for _ in range(2):
+    while len(docs) < docs_per_entity:
       chosen = rng.sample(templates, min(sentences_per_doc, len(templates)))
-      docs.append(" ".join(t.format(**facts) for t in chosen))
-    result.append((facts, kind,
-                   "validation" if i % VALIDATION_EVERY == 0 else "train",
-                   tuple(docs)))
+      doc = " ".join(t.format(**facts) for t in chosen)
+      if doc not in docs:   # a held-out article is never a training one
+        docs.append(doc)
+    result.append((facts, kind, tuple(docs)))
   return tuple(result)
 
 
-NUM_CITIES, NUM_PEOPLE = 2000, 3000   # about 3.4 MB of text
-VALIDATION_EVERY = 50                  # 2% of the entities
+# The default corpus: 2,000 cities and 3,000 people, three articles each
+# (about 5 MB of text).  Validation holds out one article of every 20th
+# entity; the entity's other articles, which state the same facts in other
+# words, stay in training (holdout="articles").  So the validation text is
+# predictable from what training showed: knowing the facts takes parameters,
+# which is what a Switch model has more of at equal FLOPs.  holdout=
+# "entities" holds out whole entities instead (every article of every 20th
+# one): their facts were never seen, and only fluency in the templates can
+# be measured.
+NUM_CITIES, NUM_PEOPLE = 2000, 3000
+DOCS_PER_ENTITY = 3
+VALIDATION_EVERY = 20
+HOLDOUTS = ("articles", "entities")
+
+
+def _split(index, doc_index, docs_per_entity, holdout):
+  if index % VALIDATION_EVERY:
+    return "train"
+  if holdout == "entities" or doc_index == docs_per_entity - 1:
+    return "validation"
+  return "train"
 
 
 def generate(seed=0, num_cities=NUM_CITIES, num_people=NUM_PEOPLE,
-             sentences_per_doc=6):
+             sentences_per_doc=6, docs_per_entity=DOCS_PER_ENTITY,
+             holdout="articles"):
   """Returns {"train": [docs], "validation": [docs]} (docs are strings).
 
-  Every entity gets two articles with different sentences; every 50th
-  entity (and all its articles) goes to validation.
+  Every entity gets ``docs_per_entity`` articles, each ``sentences_per_doc``
+  sentences from its templates; for every 20th entity the last article
+  (``holdout="articles"``) or all of them (``"entities"``) go to
+  validation.
   """
+  if holdout not in HOLDOUTS:
+    raise ValueError("holdout=%r: use one of %s" % (holdout, HOLDOUTS))
+  if holdout == "articles" and docs_per_entity < 2:
+    raise ValueError("holdout='articles' needs docs_per_entity >= 2 (one "
+                     "article to hold out, one to learn the facts from)")
   split = {"train": [], "validation": []}
-  for _, _, name, docs in _entities(seed, num_cities, num_people,
-                                    sentences_per_doc):
-    split[name].extend(docs)
+  for i, (_, _, docs) in enumerate(_entities(
+      seed, num_cities, num_people, sentences_per_doc, docs_per_entity)):
+    for j, doc in enumerate(docs):
+      split[_split(i, j, docs_per_entity, holdout)].append(doc)
   return split
 
 
@@ -139,27 +169,30 @@ _QUESTIONS = {
 
 
 def closed_book_qa(seed=0, num_cities=NUM_CITIES, num_people=NUM_PEOPLE,
-                   sentences_per_doc=6):
+                   sentences_per_doc=6, docs_per_entity=DOCS_PER_ENTITY,
+                   holdout="articles"):
   """Questions about the entities of the pre-training (train) articles:
   {"train": [(question, answer)], "validation": [...]}.
 
   The answers are in the pre-training text, never in the question: a model
   can only answer from what it memorized (closed-book QA, as the paper's
   Natural Questions / TriviaQA fine-tuning).  Only facts that the entity's
-  articles state are asked.  Questions about every 50th train entity are
-  held out for validation.
+  training articles state are asked.  Questions about every 50th entity
+  with training articles are held out for validation.
   """
   qa = {"train": [], "validation": []}
   seen = 0
-  for facts, kind, split, docs in _entities(seed, num_cities, num_people,
-                                            sentences_per_doc):
-    if split != "train":
+  entities = _entities(seed, num_cities, num_people, sentences_per_doc,
+                       docs_per_entity)
+  for i, (facts, kind, docs) in enumerate(entities):
+    text = " ".join(doc for j, doc in enumerate(docs)
+                    if _split(i, j, docs_per_entity, holdout) == "train")
+    if not text:
       continue
-    name = "validation" if seen % VALIDATION_EVERY == 0 else "train"
+    name = "validation" if seen % 50 == 0 else "train"
     seen += 1
-    text = " ".join(docs)
     for question, key in _QUESTIONS[kind]:
       answer = str(facts[key])
-      if answer in text:   # only facts that the entity's articles state
+      if answer in text:   # only facts that the training articles state
         qa[name].append((question.format(**facts), answer))
   return qa

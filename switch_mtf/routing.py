@@ -155,6 +155,9 @@ class Router(object):
     aux_loss_coef: alpha of the load-balancing loss (paper: 1e-2).
     z_loss_coef: weight of the router z-loss (ST-MoE), independent of alpha.
       Upstream Mesh TF folds it under ``loss_coef``; we don't.
+    kernel_init_scale: truncated-normal fan-in scale of the router kernel;
+      None (the default) takes the layer's ``init_scale`` (paper §2.4: one
+      scale for every weight).
   """
 
   def __init__(self,
@@ -164,7 +167,8 @@ class Router(object):
                input_dropout_rate=0.1,
                temperature=1.0,
                aux_loss_coef=1e-2,
-               z_loss_coef=0.0):
+               z_loss_coef=0.0,
+               kernel_init_scale=None):
     for name, policy in (("policy_train", policy_train),
                          ("policy_eval", policy_eval)):
       if policy not in EXPLORATION_POLICIES:
@@ -187,6 +191,10 @@ class Router(object):
     self.temperature = temperature
     self.aux_loss_coef = aux_loss_coef
     self.z_loss_coef = z_loss_coef
+    if kernel_init_scale is not None and not kernel_init_scale > 0:
+      raise ConfigError("kernel_init_scale=%r must be > 0 (or None: the "
+                        "layer's init_scale)" % (kernel_init_scale,))
+    self.kernel_init_scale = kernel_init_scale
 
   def route(self, inputs, experts_dim, capacity_dim, train, variable_dtype,
             nonpadding=None, init_scale=0.1, num_microbatches=1,
@@ -227,7 +235,8 @@ class Router(object):
                                          variable_dtype.slice_dtype,
                                          tf.float32),
         kernel_initializer=mtf.layers.VarianceScalingInitializer(
-            scale=init_scale),
+            scale=(init_scale if self.kernel_init_scale is None
+                   else self.kernel_init_scale)),
         name=name)
     probs = mtf.softmax(logits, reduced_dim=experts_dim)
     if policy == "sample":

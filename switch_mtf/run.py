@@ -83,9 +83,14 @@ def make_model(model_dir, batch_size, sequence_length, learning_rate=None,
       sequence_length=sequence_length, learning_rate_schedule=schedule,
       save_checkpoints_steps=save_checkpoints_steps,
       keep_checkpoint_max=keep_checkpoint_max,
-      # Scalar summaries (loss, router health of every Switch layer) go to
-      # TensorBoard through the upstream host call, on every engine.
-      extra_gin_bindings=["tpu_estimator_model_fn.tpu_summaries = True"]
+      # Scalar summaries (loss, router health of every Switch layer) reach
+      # TensorBoard on TPU only through the upstream host call.  Off TPU,
+      # TPUEstimator runs that host call at every step (computing every
+      # router metric and writing an event each step, from a second
+      # writer); there the Estimator's summary hook writes them instead,
+      # every save_summary_steps (compat 5).
+      extra_gin_bindings=["tpu_estimator_model_fn.tpu_summaries = %s"
+                          % (tpu is not None)]
       + dtype_bindings + list(gin_bindings))
 
 

@@ -148,6 +148,10 @@ class ProgressHook(tf.train.SessionRunHook):
 
   def begin(self):
     self._scalars = compat.lowered_scalars(tf.get_default_graph())
+    if "loss" not in self._scalars:   # no TPU summaries: the Estimator's
+      losses = tf.get_collection(tf.GraphKeys.LOSSES)
+      if losses:
+        self._scalars["loss"] = losses[0]
     self._global_step = tf.train.get_global_step()
 
   def after_create_session(self, session, coord):

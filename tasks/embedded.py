@@ -32,9 +32,10 @@ def _source(make_features):
   return seqio.FunctionDataSource(dataset_fn, splits=("train", "validation"))
 
 
-def register(name=SPAN_CORRUPTION, vocabulary=None, seed=0):
-  """Registers the pre-training task and returns it."""
-  documents = corpus.generate(seed=seed)
+def register(name=SPAN_CORRUPTION, vocabulary=None, seed=0, **corpus_options):
+  """Registers the pre-training task and returns it (``corpus_options``:
+  ``corpus.generate``'s size and hold-out arguments)."""
+  documents = corpus.generate(seed=seed, **corpus_options)
   return text_to_text.add_task(
       name, source=_source(lambda split: {"text": documents[split]}),
       preprocessors=text_to_text.span_corruption_preprocessors(),
@@ -43,10 +44,11 @@ def register(name=SPAN_CORRUPTION, vocabulary=None, seed=0):
       metric_fns=[])
 
 
-def register_closed_book_qa(name=CLOSED_BOOK_QA, vocabulary=None, seed=0):
+def register_closed_book_qa(name=CLOSED_BOOK_QA, vocabulary=None, seed=0,
+                            **corpus_options):
   """Registers the fine-tuning task ("question: Where was X born?" -> town;
   metrics: t5's ``squad``, with its answer normalization) and returns it."""
-  pairs = corpus.closed_book_qa(seed=seed)
+  pairs = corpus.closed_book_qa(seed=seed, **corpus_options)
 
   def features(split):
     questions, answers = zip(*pairs[split])
