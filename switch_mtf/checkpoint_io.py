@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 
-def _run(op_fn, arrays=()):
+def run_op(op_fn, arrays=()):
   """Runs ``op_fn(*tensors)`` with ``arrays`` as its tensor inputs.
 
   Eagerly when the process allows it; else (Mesh TF code turns eager
@@ -73,7 +73,7 @@ class CheckpointWriter(object):
       return
     part = "%s.part-%05d" % (self.prefix, len(self._parts))
     names, specs, values = zip(*self._pending)
-    _run(lambda *tensors: tf.raw_ops.SaveV2(
+    run_op(lambda *tensors: tf.raw_ops.SaveV2(
         prefix=part, tensor_names=list(names), shape_and_slices=list(specs),
         tensors=list(tensors)), values)
     self._parts.append(part)
@@ -83,7 +83,7 @@ class CheckpointWriter(object):
     """Merges the pieces and points the directory's ``checkpoint`` file at
     the result; returns the prefix."""
     self._flush()
-    _run(lambda: tf.raw_ops.MergeV2Checkpoints(
+    run_op(lambda: tf.raw_ops.MergeV2Checkpoints(
         checkpoint_prefixes=self._parts, destination_prefix=self.prefix,
         delete_old_dirs=False))
     directory = os.path.dirname(self.prefix)
@@ -109,7 +109,7 @@ class CheckpointReader(object):
 
   def read_slice(self, name, index):
     """``tensor[index]``, without reading the rest of the tensor."""
-    (value,) = _run(lambda: tf.raw_ops.RestoreV2(
+    (value,) = run_op(lambda: tf.raw_ops.RestoreV2(
         prefix=self.prefix, tensor_names=[name],
         shape_and_slices=[_slice_spec(self.shapes[name], index)],
         dtypes=[self._dtypes[name]]))

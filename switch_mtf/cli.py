@@ -1,7 +1,9 @@
 """The ``switch-mtf`` command line."""
 import argparse
+import errno
 import json
 import os
+import re
 import sys
 
 from switch_mtf.errors import ConfigError
@@ -60,6 +62,10 @@ def _run_setup(args):
   from switch_mtf import run  # pylint: disable=g-import-not-at-top
   import importlib  # pylint: disable=g-import-not-at-top
   _quiet_tensorflow_logs()
+  import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
+  # Mesh TF is graph code (TF1): the Estimator builds its graphs anyway, and
+  # the in-process scorer and data checks build theirs the same way.
+  tf.disable_eager_execution()
   import tasks.local  # pylint: disable=g-import-not-at-top,unused-import
   for name in args.module_import:
     try:
@@ -77,9 +83,15 @@ def _run_setup(args):
 _TFDS_TASK_PREFIXES = ("c4_", "glue_", "super_glue_", "squad_")
 
 
-def _default_vocabulary(vocabulary):
+def _default_vocabulary(vocabulary, offline=False):
+  """The named vocabulary; else T5's (TFDS tasks) or bytes (``offline``:
+  the local-file tasks, which must work without a network)."""
   from tasks import vocabularies  # pylint: disable=g-import-not-at-top
-  return vocabulary or vocabularies.sentencepiece(vocabularies.T5_VOCABULARY)
+  if vocabulary:
+    return vocabulary
+  if offline:
+    return vocabularies.byte_vocabulary()
+  return vocabularies.sentencepiece(vocabularies.T5_VOCABULARY)
 
 
 def _register_tasks(args):
@@ -99,16 +111,28 @@ def _register_tasks(args):
                               args.tfds_data_dir)
   if args.task.startswith("local_"):
     from tasks import local  # pylint: disable=g-import-not-at-top
-    local.register(_default_vocabulary(vocabulary))   # files: from gin
+    local.register(_default_vocabulary(vocabulary, offline=True))
 
 
-def _require_checkpoint(run, model_dir, flag="--model_dir"):
-  """The latest checkpoint step in ``model_dir``; one line if there is none."""
-  step = run.latest_step(model_dir)
-  if step is None:
-    raise ConfigError("no checkpoint in %s=%s: train first" % (flag,
-                                                             model_dir))
-  return step
+def _checkpoint(run, model_dir, flag="--model_dir"):
+  """(path, step) of the newest intact checkpoint; one line if none."""
+  return run.intact_checkpoint(model_dir, flag)
+
+
+def _user_model(run, args, lengths, **kwargs):
+  """An MtfModel for eval/predict/score whose gin is the user's: upstream
+  parses the model directory's operative config before these, so the
+  user's whole configuration is re-applied after it."""
+  import gin  # pylint: disable=g-import-not-at-top
+  extra = list(kwargs.pop("gin_bindings", []))
+  return _make_model(run, args, lengths,
+                     gin_bindings=[gin.config_str()] + extra, **kwargs)
+
+
+def _check_fits(run, model, args, path):
+  """The user's gin model against the checkpoint (one line if another)."""
+  if not args.tpu:
+    run.scorer(model, args.task).check(path)
 
 
 def _make_model(run, args, lengths, **kwargs):
@@ -122,10 +146,6 @@ def _train(args, setup=None, init_checkpoint=None):
   model = _make_model(run, args, lengths, learning_rate=args.learning_rate,
                       save_checkpoints_steps=args.save_checkpoints_steps,
                       keep_checkpoint_max=args.keep_checkpoint_max)
-  start = run.latest_step(args.model_dir)
-  if start:
-    print("resuming from the checkpoint at step %d in %s"
-          % (start, args.model_dir))
   run.train(model, args.task, args.steps, seed=args.seed,
             every=args.log_every, router_every=args.router_every,
             init_checkpoint=init_checkpoint)
@@ -135,12 +155,13 @@ def _train(args, setup=None, init_checkpoint=None):
 
 def _eval(args):
   run, lengths = _run_setup(args)
-  step = _require_checkpoint(run, args.model_dir)
+  path, step = _checkpoint(run, args.model_dir)
   beam = getattr(args, "beam_size", 1)
-  model = _make_model(run, args, lengths, gin_bindings=(
+  model = _user_model(run, args, lengths, gin_bindings=(
       ["Bitransformer.decode.beam_size = %d" % beam] if beam > 1 else []))
+  _check_fits(run, model, args, path)
   value, examples, tokens = run.neg_log_perplexity(model, args.task,
-                                                   args.split)
+                                                   args.split, step)
   print("step %d: %s neg_log_perplexity %.4f (%d examples, %d target "
         "tokens)" % (step, args.split, value, examples, tokens))
   results = dict(task=args.task, split=args.split, step=step,
@@ -150,7 +171,8 @@ def _eval(args):
   from switch_mtf import metrics  # pylint: disable=g-import-not-at-top
   subtasks = seqio.get_subtasks(run.check_task(args.task))
   if any(t.metric_fns for t in subtasks):
-    results["metrics"] = run.task_metrics(model, args.task, args.split)
+    results["metrics"] = run.task_metrics(model, args.task, args.split,
+                                          step)
     for task, values in sorted(results["metrics"].items()):
       for name, value in sorted(values.items()):
         print("step %d: %s %s %s %.4f" % (step, args.split, task, name,
@@ -175,29 +197,54 @@ def _train_and_eval(args):
 
 def _score(args):
   run, lengths = _run_setup(args)
-  _require_checkpoint(run, args.model_dir)
-  for path in (args.inputs_file, args.targets_file):
-    if not os.path.isfile(path):
-      raise ConfigError("%s does not exist" % path)
-  with open(args.inputs_file) as f:
-    inputs = f.read().splitlines()
-  with open(args.targets_file) as f:
-    targets = f.read().splitlines()
+  path, step = _checkpoint(run, args.model_dir)
+  inputs = _read_lines(args.inputs_file, "--inputs_file")
+  targets = _read_lines(args.targets_file, "--targets_file")
   if len(inputs) != len(targets):
     raise ConfigError("--inputs_file has %d lines but --targets_file has %d: "
                       "give one target per input" % (len(inputs),
                                                      len(targets)))
-  model = _make_model(run, args, lengths, gin_bindings=args.gin_param)
-  scores = run.score_strings(model, inputs, targets, args.task)
-  with open(args.output_file, "w") as f:
-    f.writelines("%.6f\n" % s for s in scores)
-  print("wrote %d log-likelihoods to %s" % (len(scores), args.output_file))
+  model = _user_model(run, args, lengths)
+  _check_fits(run, model, args, path)
+  scores = run.score_strings(model, inputs, targets, args.task, step)
+  _write_lines(args.output_file, ["%.6f" % s for s in scores])
+  print("wrote %d log-likelihoods (checkpoint of step %d) to %s"
+        % (len(scores), step, args.output_file))
+
+
+def _read_lines(path, flag):
+  """The lines of a UTF-8 text file; one line if missing, unreadable or
+  empty."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      lines = f.read().splitlines()
+  except FileNotFoundError:
+    raise ConfigError("%s=%s does not exist" % (flag, path)) from None
+  except (OSError, UnicodeDecodeError) as e:
+    raise ConfigError("%s=%s cannot be read as UTF-8 text (%s)" % (
+        flag, path, str(e).splitlines()[0][:100])) from None
+  if not lines:
+    raise ConfigError("%s=%s is empty: give one input per line" % (flag,
+                                                                    path))
+  return lines
+
+
+def _write_lines(path, lines):
+  """Writes ``lines`` (text, one per line) to ``path`` whole or not at all."""
+  directory = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(directory):
+    raise ConfigError("cannot write %s: %s is not a directory" % (
+        path, directory))
+  partial = path + ".partial"
+  with open(partial, "w", encoding="utf-8") as f:
+    f.writelines(line + "\n" for line in lines)
+  os.replace(partial, path)
 
 
 def _finetune(args):
   run, lengths = _run_setup(args)
-  step = _require_checkpoint(run, args.pretrained_model_dir,
-                             "--pretrained_model_dir")
+  _, step = _checkpoint(run, args.pretrained_model_dir,
+                        "--pretrained_model_dir")
   bindings = run.run_file_bindings("runs/finetune") + list(args.gin_param)
   model = _make_model(
       run, args, lengths, learning_rate=args.learning_rate or 1e-3,
@@ -258,14 +305,29 @@ def _convert(args):
 
 def _predict(args):
   run, lengths = _run_setup(args)
-  _require_checkpoint(run, args.model_dir)
-  if not os.path.isfile(args.input_file):
-    raise ConfigError("--input_file=%s does not exist" % args.input_file)
-  model = _make_model(run, args, lengths, gin_bindings=args.gin_param)
-  model.predict(args.input_file, args.output_file,
-                beam_size=args.beam_size,
-                vocabulary=run.vocabulary(args.task))
-  print("wrote %s" % args.output_file)
+  path, step = _checkpoint(run, args.model_dir)
+  inputs = _read_lines(args.input_file, "--input_file")
+  model = _user_model(run, args, lengths)
+  _check_fits(run, model, args, path)
+  outputs = run.decode_strings(model, inputs, args.task, path,
+                               beam_size=args.beam_size)
+  _write_lines(args.output_file, outputs)
+  print("wrote %d decoded lines (checkpoint of step %d) to %s"
+        % (len(outputs), step, args.output_file))
+
+
+def _at_least(minimum):
+  """An argparse type: an integer >= ``minimum``."""
+  def parse(text):
+    try:
+      value = int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError("%r is not an integer" % text) from None
+    if value < minimum:
+      raise argparse.ArgumentTypeError("%d: must be at least %d" % (
+          value, minimum))
+    return value
+  return parse
 
 
 def _add_run_flags(parser, train):
@@ -286,7 +348,7 @@ def _add_run_flags(parser, train):
   parser.add_argument("--module_import", action="append", default=[],
                       help="Python module to import first (repeatable), e.g. "
                       "one that registers your seqio tasks")
-  parser.add_argument("--batch_size", type=int, default=8,
+  parser.add_argument("--batch_size", type=_at_least(1), default=8,
                       help="sequences per batch")
   parser.add_argument("--tpu", default=None,
                       help="TPU name or address: run with TPUEstimator and "
@@ -297,22 +359,22 @@ def _add_run_flags(parser, train):
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the data order, the initial weights and "
                         "the router/dropout noise: same seed, same losses")
-    parser.add_argument("--log_every", type=int, default=10,
+    parser.add_argument("--log_every", type=_at_least(1), default=10,
                         help="print a progress line every N steps")
-    parser.add_argument("--router_every", type=int, default=100,
+    parser.add_argument("--router_every", type=_at_least(0), default=100,
                         help="print router health per Switch layer every N "
                         "steps (0: never)")
-    parser.add_argument("--steps", type=int, required=True,
+    parser.add_argument("--steps", type=_at_least(1), required=True,
                         help="train: until this global step; finetune: "
                         "this many steps after the pre-trained checkpoint")
     parser.add_argument("--learning_rate", type=float, default=None,
                         help="constant learning rate (default: T5's inverse "
                         "square root schedule, 1/sqrt(max(step, 1e4)))")
-    parser.add_argument("--save_checkpoints_steps", type=int, default=100)
-    parser.add_argument("--keep_checkpoint_max", type=int, default=5)
+    parser.add_argument("--save_checkpoints_steps", type=_at_least(1), default=100)
+    parser.add_argument("--keep_checkpoint_max", type=_at_least(1), default=5)
   else:
     parser.add_argument("--split", default="validation")
-    parser.add_argument("--beam_size", type=int, default=1,
+    parser.add_argument("--beam_size", type=_at_least(1), default=1,
                         help="eval/predict decoding: greedy (1) or beam "
                         "search")
 
@@ -342,19 +404,64 @@ def _checkpoint_mismatch(error):
                                           else "variables differ"))
 
 
+def _disk_full(error):
+  """One line for a write that found the disk full, else None."""
+  text = "%s %s" % (type(error).__name__, error)
+  if getattr(error, "errno", None) != errno.ENOSPC and (
+      "No space left on device" not in text):
+    return None
+  where = re.search(r"(/[^\s:;,']+)", text)
+  return ("no space left on the device%s: free some space, then run the "
+          "same command again (it resumes from the last good checkpoint, "
+          "which this run left intact)" % (
+              " writing " + os.path.dirname(where.group(1)) if where else ""))
+
+
+def _report_bad_records():
+  """One line per local task that skipped unreadable records."""
+  local = sys.modules.get("tasks.local")
+  for counter in (local.COUNTERS.values() if local else ()):
+    if counter.count:
+      print("switch-mtf: %s" % counter.summary(), file=sys.stderr)
+
+
+def user_error(error):
+  """(one-line message, exit status) for an error the user can fix or
+  asked for; None for a bug (its traceback is shown).  The one place that
+  decides."""
+  name = type(error).__name__
+  if isinstance(error, ConfigError):
+    return str(error).splitlines()[0], 2
+  if name == "TrainingDiverged":
+    return str(error), 1
+  if name == "TrainingStopped":
+    return str(error), 143 if error.signal_name == "SIGTERM" else 130
+  if isinstance(error, KeyboardInterrupt):
+    return "interrupted", 130
+  for check, status in ((_disk_full, 1), (_checkpoint_mismatch, 2)):
+    message = check(error)
+    if message:
+      return message, status
+  return None
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(
       prog="switch-mtf",
       description="Switch Transformer on Mesh TensorFlow.")
+  parser.add_argument(
+      "--debug", action="store_true",
+      help="show the traceback of errors that are otherwise one line (also "
+      "with SWITCH_MTF_DEBUG=1)")
   commands = parser.add_subparsers(dest="command", required=True)
   demo = commands.add_parser(
       "demo", help="pre-train and evaluate a small Switch Transformer "
       "(models/small/switch_8) on the embedded offline corpus, experts split "
       "over a virtual multi-device CPU mesh (a few minutes)")
-  demo.add_argument("--steps", type=int, default=600)
-  demo.add_argument("--devices", type=int, default=2,
+  demo.add_argument("--steps", type=_at_least(1), default=600)
+  demo.add_argument("--devices", type=_at_least(1), default=2,
                     help="virtual CPU devices; the experts are split over them")
-  demo.add_argument("--experts", type=int, default=8)
+  demo.add_argument("--experts", type=_at_least(1), default=8)
   demo.add_argument("--seed", type=int, default=0)
   demo.add_argument("--output_dir", default="runs/demo",
                     help="where the checkpoints (model/), the results JSON "
@@ -370,7 +477,7 @@ def main(argv=None):
   reproduce.add_argument("--quick", action="store_true",
                          help="fewer models and steps (about 5 minutes on 2 "
                          "cores; full: about 35)")
-  reproduce.add_argument("--steps", type=int, default=None,
+  reproduce.add_argument("--steps", type=_at_least(2), default=None,
                          help="pre-training steps per run (default: 100 "
                          "quick, 1000 full); the other runs scale alike")
   reproduce.add_argument("--experiments", default=None,
@@ -395,7 +502,7 @@ def main(argv=None):
   _add_gin_flags(info)
   info.add_argument("--vocab_size", type=int, default=32100,
                     help="vocabulary size (T5: 32000 pieces + 100 sentinels)")
-  info.add_argument("--batch_size", type=int, default=128,
+  info.add_argument("--batch_size", type=_at_least(1), default=128,
                     help="sequences per batch, for the token groups")
   info.add_argument("--master_dtype", default="float32",
                     choices=["float32", "bfloat16"],
@@ -498,23 +605,16 @@ def main(argv=None):
   predict.set_defaults(func=_predict)
   args = parser.parse_args(argv)
   try:
-    args.func(args)
-  except ConfigError as e:
-    # gin appends "In call to configurable ..." lines; the first line is ours.
-    print("switch-mtf: error: %s" % str(e).splitlines()[0], file=sys.stderr)
-    return 2
-  except Exception as e:  # pylint: disable=broad-except
-    if type(e).__name__ == "TrainingDiverged":   # NaN: not a config error
-      print("switch-mtf: error: %s" % e, file=sys.stderr)
-      return 1
-    message = _checkpoint_mismatch(e)
-    if message is None:
+    try:
+      args.func(args)
+    finally:
+      _report_bad_records()
+  except (Exception, KeyboardInterrupt) as e:  # pylint: disable=broad-except
+    known = user_error(e)
+    if known is None or args.debug or os.environ.get("SWITCH_MTF_DEBUG"):
       raise
-    print("switch-mtf: error: %s" % message, file=sys.stderr)
-    return 2
-  except KeyboardInterrupt:
-    print("switch-mtf: interrupted", file=sys.stderr)
-    return 130
+    print("switch-mtf: error: %s" % known[0], file=sys.stderr)
+    return known[1]
   return 0
 
 

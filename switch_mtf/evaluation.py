@@ -32,6 +32,7 @@ import numpy as np
 import seqio
 import tensorflow.compat.v1 as tf
 
+from switch_mtf import model_dir
 from switch_mtf import models
 from switch_mtf.errors import ConfigError
 
@@ -190,20 +191,8 @@ class Scorer(object):
   def check(self, checkpoint):
     """One ConfigError if ``checkpoint`` lacks a variable of the model or
     holds it with another shape."""
-    saved = dict(tf.train.list_variables(checkpoint))
-    for name, variable in sorted(self._masters.items()):
-      shape = variable.shape.as_list()
-      if name not in saved:
-        problem = "%s is not in the checkpoint" % name
-      elif list(saved[name]) != shape:
-        problem = "%s: %s in the checkpoint, %s in this model" % (
-            name, list(saved[name]), shape)
-      else:
-        continue
-      raise ConfigError(
-          "the checkpoint %s was written by a different model (%s): use the "
-          "gin files it was trained with (its operative_config.gin)"
-          % (checkpoint, problem))
+    model_dir.check_fits(checkpoint, {name: v.shape.as_list()
+                                      for name, v in self._masters.items()})
 
   def restore(self, checkpoint):
     if self._restored != checkpoint:

@@ -14,6 +14,7 @@ import weakref
 import gin
 import numpy as np
 import seqio
+from mesh_tensorflow.transformer import utils as mtf_utils
 from t5.models import mtf_model
 import tensorflow.compat.v1 as tf
 
@@ -110,7 +111,8 @@ def finetune(model, task_name, finetune_steps, pretrained_model_dir, seed=0,
   operative config, then the model's bindings; initialize from the latest
   pre-trained checkpoint and train ``finetune_steps`` more steps."""
   check_nonempty(task_name, "train", model)
-  step = latest_step(pretrained_model_dir)
+  _, step = intact_checkpoint(pretrained_model_dir, "--pretrained_model_dir",
+                              out=out)
   mtf_model._parse_operative_config(pretrained_model_dir)  # pylint: disable=protected-access
   return training.train(
       model, task_name, step + finetune_steps, seed=seed,
@@ -174,8 +176,13 @@ def check_nonempty(task_name, split, model):
     return _has_element(task.get_dataset(lengths, split=split, shuffle=False,
                                          num_epochs=1))
   if not _memo(task, ("nonempty", split), lengths, has_element):
-    raise ConfigError("the %r split of task %r has no examples: check its "
-                      "data source" % (split, task_name))
+    bad = [getattr(t.source, "bad_records", None)
+           for t in seqio.get_subtasks(task)]
+    bad = [b for b in bad if b is not None and b.count]
+    raise ConfigError("the %r split of task %r has no examples: %s" % (
+        split, task_name, "every record was unreadable (%s)" % (
+            bad[0].summary().split(": ", 1)[1]) if bad
+        else "check its data source"))
 
 
 def run_file_bindings(gin_file):
@@ -187,6 +194,24 @@ def run_file_bindings(gin_file):
 
 def vocabulary(task_name):
   return check_task(task_name).output_features["targets"].vocabulary
+
+
+def intact_checkpoint(directory, flag="--model_dir", out=print):
+  """(path, step) of the newest checkpoint in ``directory`` that can be
+  restored, saying so when a newer one is damaged; one ConfigError if there
+  is none."""
+  from switch_mtf import model_dir  # pylint: disable=g-import-not-at-top
+  path, damaged = (model_dir.newest_intact(directory)
+                   if os.path.isdir(directory) else (None, []))
+  if path is None:
+    raise ConfigError("%s %s=%s: %s" % (
+        "no intact checkpoint in" if damaged else "no checkpoint in", flag,
+        directory, damaged[0][1] + "; restore a copy or train again"
+        if damaged else "train first"))
+  if damaged:
+    out("using %s: the newer checkpoint is damaged (%s); it is left in "
+        "place" % (os.path.basename(path), damaged[0][1]))
+  return path, int(path.rsplit("-", 1)[1])
 
 
 def latest_step(model_dir):
@@ -234,18 +259,23 @@ def neg_log_perplexity(model, task_name, split="validation",
     scores = estimator_scores(model, task_name, examples, path)
     value = float(np.sum(scores, dtype=np.float64)) / examples.target_tokens
   else:
-    scorer = _SCORERS.get(model)
-    if scorer is None:
-      activation = config.query("utils.get_variable_dtype.activation_dtype",
-                                "float32")
-      scorer = _SCORERS[model] = evaluation.Scorer(
-          vocabulary(task_name).vocab_size, lengths, model.batch_size,
-          model._mesh_shape, model._layout_rules,  # pylint: disable=protected-access
-          mesh_devices=model._mesh_devices,  # pylint: disable=protected-access
-          model_type=model._model_type,  # pylint: disable=protected-access
-          activation_dtype=tf.as_dtype(activation))
-    value = scorer.neg_log_perplexity(path, examples)
+    value = scorer(model, task_name).neg_log_perplexity(path, examples)
   return value, examples.num_examples, examples.target_tokens
+
+
+def scorer(model, task_name):
+  """The model's ``evaluation.Scorer`` (built at the first call, from the
+  gin configuration parsed then)."""
+  if model not in _SCORERS:
+    activation = config.query("utils.get_variable_dtype.activation_dtype",
+                              "float32")
+    _SCORERS[model] = evaluation.Scorer(
+        vocabulary(task_name).vocab_size, model._sequence_length,  # pylint: disable=protected-access
+        model.batch_size, model._mesh_shape, model._layout_rules,  # pylint: disable=protected-access
+        mesh_devices=model._mesh_devices,  # pylint: disable=protected-access
+        model_type=model._model_type,  # pylint: disable=protected-access
+        activation_dtype=tf.as_dtype(activation))
+  return _SCORERS[model]
 
 
 def estimator_scores(model, task_name, examples, checkpoint_path):
@@ -270,14 +300,16 @@ def estimator_scores(model, task_name, examples, checkpoint_path):
   return np.asarray(scores[:examples.num_examples], np.float64)
 
 
-def task_metrics(model, task_name, split="validation"):
-  """Decodes ``split`` with the latest checkpoint and applies the metric
-  functions of the task (or of each task of a mixture), through upstream
-  ``MtfModel.eval``; returns {task: {metric: value}}."""
-  step = latest_step(model._model_dir)  # pylint: disable=protected-access
+def task_metrics(model, task_name, split="validation", step=None):
+  """Decodes ``split`` with the checkpoint of ``step`` (default: the latest)
+  and applies the metric functions of the task (or of each task of a
+  mixture), through upstream ``MtfModel.eval``; returns {task: {metric:
+  value}}."""
+  if step is None:
+    step = latest_step(model._model_dir)  # pylint: disable=protected-access
   summary_dir = os.path.join(model._model_dir, "%s_eval" % split)  # pylint: disable=protected-access
   tf.io.gfile.makedirs(summary_dir)   # upstream writes the targets there
-  model.eval(task_name, checkpoint_steps=-1, split=split,
+  model.eval(task_name, checkpoint_steps=step, split=split,
              summary_dir=summary_dir)
   values = {}
   for name in sorted(tf.io.gfile.listdir(summary_dir)):
@@ -293,11 +325,37 @@ def task_metrics(model, task_name, split="validation"):
   return values
 
 
-def score_strings(model, inputs, targets, task_name):
-  """Log-likelihood of each target string given its input string."""
+def score_strings(model, inputs, targets, task_name, step=-1):
+  """Log-likelihood of each target string given its input string (the
+  checkpoint of ``step``; -1: the latest)."""
   _avoid_upstream_scoring_crashes(len(inputs))
-  return model.score(inputs=inputs, targets=targets,
+  return model.score(inputs=inputs, targets=targets, checkpoint_steps=step,
                      vocabulary=vocabulary(task_name))
+
+
+def decode_strings(model, inputs, task_name, checkpoint_path, beam_size=1):
+  """The model's decoded output text for each input string (greedy, or
+  beam search), through upstream Mesh TF's decoding.
+
+  Upstream ``MtfModel.predict`` appends the step to the file name and
+  writes each output as a Python bytes literal; callers here get text.
+  """
+  vocab = vocabulary(task_name)
+  estimator = model.estimator(vocab)
+  with gin.unlock_config():
+    gin.bind_parameter("Bitransformer.decode.beam_size", beam_size)
+  ids = mtf_utils.encode_inputs(
+      inputs, vocab, model._model_type, model.batch_size,  # pylint: disable=protected-access
+      model._sequence_length["inputs"])  # pylint: disable=protected-access
+
+  def input_fn(params):
+    del params
+    return tf.data.Dataset.from_tensor_slices({"inputs": ids}).batch(
+        model.batch_size, drop_remainder=True)
+  outputs = list(mtf_utils.decode(estimator, input_fn, vocab,
+                                  checkpoint_path=checkpoint_path))
+  return [o.decode("utf-8", "replace") if isinstance(o, bytes) else str(o)
+          for o in outputs[:len(inputs)]]
 
 
 def check_task(name):

@@ -15,12 +15,14 @@ TPU), adding what a user needs from a training run:
 - parameters that went NaN/Inf are never written over the last good
   checkpoint: the checkpoint listener refuses the save and training stops.
 """
+import signal
 import time
 
 from t5.models import mesh_transformer
 import tensorflow.compat.v1 as tf
 
 from switch_mtf import compat
+from switch_mtf import model_dir
 from switch_mtf.errors import ConfigError
 
 
@@ -54,28 +56,14 @@ class CheckpointMatchHook(tf.train.SessionRunHook):
   hold every variable of this model, with the same shapes.  (Resource
   variables restore a wrong shape silently and fail steps later.)"""
 
-  def __init__(self, model_dir):
-    self._model_dir = model_dir
+  def __init__(self, directory):
+    self._directory = directory
 
   def begin(self):
-    path = tf.train.latest_checkpoint(self._model_dir)
-    if path is None:
-      return
-    saved = dict(tf.train.list_variables(path))
-    for variable in tf.global_variables():
-      name = variable.op.name
-      shape = variable.shape.as_list()
-      if name not in saved:
-        problem = "%s is not in the checkpoint" % name
-      elif list(saved[name]) != shape:
-        problem = "%s: %s in the checkpoint, %s in this model" % (
-            name, list(saved[name]), shape)
-      else:
-        continue
-      raise ConfigError(
-          "the checkpoint in --model_dir was written by a different model "
-          "(%s): use a new --model_dir, or the gin files it was trained with "
-          "(its operative_config.gin)" % problem)
+    path = tf.train.latest_checkpoint(self._directory)
+    if path is not None:
+      model_dir.check_fits(path, {v.op.name: v.shape.as_list()
+                                  for v in tf.global_variables()})
 
 
 def _format_duration(seconds):
@@ -234,6 +222,49 @@ def train_dataset(task_name, sequence_length, batch_size, seed, split="train",
   return dataset.prefetch(tf.data.experimental.AUTOTUNE)
 
 
+class TrainingStopped(RuntimeError):
+  """SIGINT or SIGTERM stopped training at a step boundary (checkpoint of
+  that step written)."""
+
+  def __init__(self, signal_name, step):
+    super().__init__(
+        "%s: stopped at step %d and saved its checkpoint; run the same "
+        "command again to resume" % (signal_name, step))
+    self.signal_name = signal_name
+    self.step = step
+
+
+class StopOnSignalHook(tf.train.SessionRunHook):
+  """Turns SIGINT and SIGTERM (what schedulers and preemption send) into a
+  stop at the next step boundary; the Estimator's checkpoint hook then
+  saves the last finished step."""
+
+  def __init__(self):
+    self.received = None
+    self._previous = {}
+
+  def begin(self):
+    for signum in (signal.SIGINT, signal.SIGTERM):
+      try:
+        self._previous[signum] = signal.signal(signum, self._handle)
+      except ValueError:   # not the main thread: leave signals alone
+        pass
+
+  def _handle(self, signum, frame):
+    del frame
+    self.received = signal.Signals(signum).name
+
+  def after_run(self, run_context, run_values):
+    del run_values
+    if self.received:
+      run_context.request_stop()
+
+  def restore(self):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous = {}
+
+
 def train(model, task_name, steps, split="train", seed=0,
           init_checkpoint=None, seen_data_init_step=0, every=10,
           router_every=100, out=print):
@@ -244,6 +275,21 @@ def train(model, task_name, steps, split="train", seed=0,
   steps already consumed, counted from ``seen_data_init_step`` (the
   pre-trained step when fine-tuning).
   """
+  directory = model._model_dir  # pylint: disable=protected-access
+  model_dir.prepare(directory)
+  with model_dir.Lock(directory):
+    model_dir.remove_leftovers(directory)
+    resumed = model_dir.use_newest_intact(directory, out=out)
+    if resumed:
+      out("resuming from the checkpoint at step %s in %s" % (
+          resumed.rsplit("-", 1)[1], directory))
+    return _train_locked(model, task_name, steps, split, seed,
+                         init_checkpoint, seen_data_init_step, every,
+                         router_every, out)
+
+
+def _train_locked(model, task_name, steps, split, seed, init_checkpoint,
+                  seen_data_init_step, every, router_every, out):
   vocabulary = mesh_transformer.get_vocabulary(task_name)
   estimator = compat.seed_estimator(
       model.estimator(vocabulary, init_checkpoint), seed)
@@ -262,14 +308,19 @@ def train(model, task_name, steps, split="train", seed=0,
   tokens_per_step = batch_size * sum(sequence_length.values())
   progress = ProgressHook(steps, tokens_per_step, every=every,
                           router_every=router_every, out=out)
+  stop = StopOnSignalHook()
   try:
     estimator.train(input_fn=input_fn, max_steps=steps,
                     hooks=[CheckpointMatchHook(model._model_dir),  # pylint: disable=protected-access
-                           StepOrderHook(), progress],
+                           StepOrderHook(), stop, progress],
                     saving_listeners=[FiniteCheckpointGuard()])
   except tf.train.NanLossDuringTrainingError:
     raise TrainingDiverged(
         "the loss became NaN at step %d; no checkpoint was written after "
         "it, the last good one is untouched: lower the learning rate or "
         "check the data" % (progress._step + 1)) from None  # pylint: disable=protected-access
+  finally:
+    stop.restore()
+  if stop.received:
+    raise TrainingStopped(stop.received, progress._step)  # pylint: disable=protected-access
   return progress

@@ -10,8 +10,11 @@ Files whose names contain ".json" are read as JSON lines.
 Point at the files with gin, e.g.
   --gin_param="local_data.pretraining = {'train': '/data/c4-train.*.json.gz',
                                          'validation': '/data/c4-val.json.gz'}"
-Records that cannot be read (not UTF-8, not JSON, no ``text``) are counted,
-logged and skipped; a run does not stop for one bad line.
+Records that cannot be read (not UTF-8, not JSON, no ``text``) are counted
+by reason and skipped (``switch-mtf`` reports them at exit); a run does
+not stop for one bad line, and a split where every record is bad says so.
+The default vocabulary of these tasks is the byte one: no file, no
+network.
 """
 import json
 
@@ -29,20 +32,30 @@ TEXT_TO_TEXT = "local_text_to_text"
 
 
 class BadRecords(object):
-  """Counts skipped records per task (read by tests and the log)."""
+  """Counts skipped records of a task by reason (read by tests, the CLI's
+  report at exit and the empty-split message)."""
 
   def __init__(self, name):
     self.name = name
     self.count = 0
-    self.first = None
+    self.reasons = {}
 
   def skip(self, reason):
     self.count += 1
-    if self.first is None:
-      self.first = reason
+    self.reasons[reason] = self.reasons.get(reason, 0) + 1
     if self.count in (1, 10, 100) or self.count % 1000 == 0:
-      logging.warning("%s: skipped %d unreadable record(s) so far (first: "
-                      "%s)", self.name, self.count, self.first)
+      logging.warning("%s", self.summary())
+
+  def summary(self):
+    """One line: how many records were skipped, and why."""
+    return "%s: skipped %d unreadable record(s): %s" % (
+        self.name, self.count, ", ".join(
+            "%d %s" % (n, reason) for reason, n in sorted(
+                self.reasons.items(), key=lambda item: -item[1])))
+
+
+# {task name: BadRecords} of the local tasks registered in this process.
+COUNTERS = {}
 
 
 def expand(pattern):
@@ -128,7 +141,9 @@ def _source(split_patterns, keys, bad):
     del shuffle_files, seed
     return _records(files[split], keys, bad)
 
-  return seqio.FunctionDataSource(dataset_fn, splits=tuple(files))
+  source = seqio.FunctionDataSource(dataset_fn, splits=tuple(files))
+  source.bad_records = bad   # why a split may turn out empty
+  return source
 
 
 @gin.configurable("local_data")
@@ -141,7 +156,7 @@ def register(vocabulary, pretraining=None, text_to_text_files=None):
     pretraining: {split: glob} of JSON-lines / text files.
     text_to_text_files: {split: glob} of TSV / JSON-lines files.
   """
-  counters = {}
+  counters = COUNTERS
   if pretraining:
     bad = counters[PRETRAINING] = BadRecords(PRETRAINING)
     text_to_text.add_task(

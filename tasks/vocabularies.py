@@ -36,6 +36,15 @@ def sentencepiece(path=T5_VOCABULARY, extra_ids=EXTRA_IDS):
             path, str(e).splitlines()[0][:120], T5_VOCABULARY)) from None
   if not model:
     raise ConfigError("the SentencePiece vocabulary %s is empty" % path)
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  try:
+    spm.SentencePieceProcessor(model_proto=model)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(
+        "%s is not a SentencePiece model (%s): pass the .model file T5's "
+        "vocabulary comes in (%s), or --vocabulary=embedded offline" % (
+            path, str(e).splitlines()[0][:80] if str(e) else
+            type(e).__name__, T5_VOCABULARY)) from None
   return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
 
 
