@@ -17,7 +17,8 @@ fix is a ``ConfigError`` with one line naming the path.
   and fall back to older checkpoints; ``use_newest_intact`` points the
   state file at the one found (nothing is deleted).
 - ``remove_leftovers``: ``*_temp*`` checkpoint directories and
-  ``graph.pbtxt.tmp*`` files that a killed or failed save left behind.
+  ``*.tmp<hex>`` files (graph.pbtxt, a checkpoint's .meta) that a killed
+  or failed save left behind.
 - ``mismatch``: the first variable a model needs that a checkpoint lacks or
   holds with another shape (for train, eval, predict and score alike).
 """
@@ -97,8 +98,10 @@ def remove_leftovers(model_dir):
   """Removes what dead runs left (call with the lock held); returns the
   paths removed."""
   removed = []
+  # TensorFlow writes a checkpoint into "<prefix>_temp/" and other files as
+  # "<name>.tmp<hex>" before renaming them: what a dead run left.
   for path in (glob.glob(os.path.join(model_dir, "*_temp*"))
-               + glob.glob(os.path.join(model_dir, "graph.pbtxt.tmp*"))):
+               + glob.glob(os.path.join(model_dir, "*.tmp[0-9a-f]*"))):
     if os.path.isdir(path):
       shutil.rmtree(path, ignore_errors=True)
     else:
