@@ -159,6 +159,7 @@ def _profile(model, layout, activation, steps=20):
   config.parse([model, layout], ACTIVATIONS[activation])
   lengths = config.query("utils.run.sequence_length")
   by_type, by_scope = collections.Counter(), collections.Counter()
+  in_switch = collections.Counter()
   wall = []
 
   class Trace(tf.train.SessionRunHook):
@@ -185,6 +186,10 @@ def _profile(model, layout, activation, steps=20):
           parts = name.split("/")
           scope = "/".join(p for p in parts[:4] if not p.startswith("_"))
           by_scope[re.sub(r"_\d+$", "", scope)] += micros
+          if "SwitchFFN" in name:
+            inner = parts[parts.index("SwitchFFN") + 1:][:2]
+            in_switch["%s (%s)" % ("/".join(inner), kind.split(" ")[0])] += (
+                micros)
 
   with tempfile.TemporaryDirectory() as model_dir:
     net = run_lib.make_model(model_dir, 8, lengths,
@@ -194,7 +199,8 @@ def _profile(model, layout, activation, steps=20):
   total = sum(by_type.values())
   print("%s on %s: %.1f ms/step wall (traced), op time %.1f ms/step" % (
       model, layout, 1000 * statistics.median(wall), total / 1000 / steps))
-  for title, counter in (("by op type", by_type), ("by scope", by_scope)):
+  for title, counter in (("by op type", by_type), ("by scope", by_scope),
+                         ("inside the Switch layers", in_switch)):
     print("  %s:" % title)
     for key, micros in counter.most_common(25):
       print("    %6.2f ms/step  %5.1f%%  %s" % (

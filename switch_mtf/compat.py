@@ -30,7 +30,8 @@ Patches:
   5. Mesh TF's scalar summaries (``mtf.scalar_summary``: the loss, our
      router health) reach TensorBoard only through the TPU host call.  On
      CPU/GPU placement meshes we also emit a ``tf.summary.scalar`` so that
-     the Estimator's summary hook writes them.
+     the Estimator's summary hook writes them (not from inside the while
+     loop of serialized microbatches, whose summaries cannot be merged).
   6. Mesh TF's ``get_estimator`` builds a RunConfig without
      ``tf_random_seed``, so variable initializers differ in every run;
      ``seed_estimator`` sets it.
@@ -196,7 +197,11 @@ def _patch_scalar_summaries():
   def lower(self, lowering):
     original(self, lowering)
     mesh_impl = lowering.mesh_impl(self)
-    if isinstance(mesh_impl, mtf.placement_mesh_impl.PlacementMeshImpl):
+    graph = tf.get_default_graph()
+    # Inside a while loop's body (Mesh TF's serialized microbatches) a
+    # summary cannot be merged with the outer graph's: skip it there.
+    if (isinstance(mesh_impl, mtf.placement_mesh_impl.PlacementMeshImpl)
+        and not getattr(graph, "building_function", False)):
       value = lowering.tensors[self.outputs[0]].to_laid_out_tensor()
       # The mtf op name already holds the layer's scope: use it as the tag
       # (tf.summary.scalar would prefix the lowering's name scope again).
@@ -204,7 +209,7 @@ def _patch_scalar_summaries():
           tags=self.name.strip("/"),
           values=tf.cast(value.tensor_list[0], tf.float32))
       tf.add_to_collection(tf.GraphKeys.SUMMARIES, summary)
-      _SCALARS.setdefault(tf.get_default_graph(), {})[
+      _SCALARS.setdefault(graph, {})[
           self.name.strip("/")] = value.tensor_list[0]
 
   mtf.ScalarSummaryOperation.lower = lower

@@ -125,8 +125,9 @@ VALIDATION_EVERY = 20
 HOLDOUTS = ("articles", "entities")
 
 
-def _split(index, doc_index, docs_per_entity, holdout):
-  if index % VALIDATION_EVERY:
+def _split(index, doc_index, docs_per_entity, holdout,
+           validation_every=VALIDATION_EVERY):
+  if index % validation_every:
     return "train"
   if holdout == "entities" or doc_index == docs_per_entity - 1:
     return "validation"
@@ -135,13 +136,14 @@ def _split(index, doc_index, docs_per_entity, holdout):
 
 def generate(seed=0, num_cities=NUM_CITIES, num_people=NUM_PEOPLE,
              sentences_per_doc=6, docs_per_entity=DOCS_PER_ENTITY,
-             holdout="articles"):
+             holdout="articles", validation_every=VALIDATION_EVERY):
   """Returns {"train": [docs], "validation": [docs]} (docs are strings).
 
   Every entity gets ``docs_per_entity`` articles, each ``sentences_per_doc``
-  sentences from its templates; for every 20th entity the last article
-  (``holdout="articles"``) or all of them (``"entities"``) go to
-  validation.
+  sentences from its templates; for every ``validation_every``-th entity
+  the last article (``holdout="articles"``) or all of them
+  (``"entities"``) go to validation.  (The corpus before issue 14 was
+  ``docs_per_entity=2, holdout="entities", validation_every=50``.)
   """
   if holdout not in HOLDOUTS:
     raise ValueError("holdout=%r: use one of %s" % (holdout, HOLDOUTS))
@@ -152,7 +154,8 @@ def generate(seed=0, num_cities=NUM_CITIES, num_people=NUM_PEOPLE,
   for i, (_, _, docs) in enumerate(_entities(
       seed, num_cities, num_people, sentences_per_doc, docs_per_entity)):
     for j, doc in enumerate(docs):
-      split[_split(i, j, docs_per_entity, holdout)].append(doc)
+      split[_split(i, j, docs_per_entity, holdout, validation_every)].append(
+          doc)
   return split
 
 
@@ -170,7 +173,7 @@ _QUESTIONS = {
 
 def closed_book_qa(seed=0, num_cities=NUM_CITIES, num_people=NUM_PEOPLE,
                    sentences_per_doc=6, docs_per_entity=DOCS_PER_ENTITY,
-                   holdout="articles"):
+                   holdout="articles", validation_every=VALIDATION_EVERY):
   """Questions about the entities of the pre-training (train) articles:
   {"train": [(question, answer)], "validation": [...]}.
 
@@ -186,7 +189,8 @@ def closed_book_qa(seed=0, num_cities=NUM_CITIES, num_people=NUM_PEOPLE,
                        docs_per_entity)
   for i, (facts, kind, docs) in enumerate(entities):
     text = " ".join(doc for j, doc in enumerate(docs)
-                    if _split(i, j, docs_per_entity, holdout) == "train")
+                    if _split(i, j, docs_per_entity, holdout,
+                              validation_every) == "train")
     if not text:
       continue
     name = "validation" if seen % 50 == 0 else "train"

@@ -161,6 +161,19 @@ def switch_feed_forward(x, config, router, train, variable_dtype,
   Returns:
     (y with x's shape but output_dim, routing.Routing)
   """
+  if x.shape.dims[0].name == "outer_batch" and x.shape.dims[0].size == 1:
+    # Mesh TF's training graph always has an outer_batch dim (size 1 unless
+    # the experts are replicated).  A size-1 lead dim computes nothing but
+    # would turn off the filled-slots expert path (and transpose the
+    # experts' inputs): route without it, the same numbers.
+    inner = x.shape.dims[1:]
+    if nonpadding is not None and nonpadding.shape.dims[:1] == x.shape.dims[:1]:
+      nonpadding = mtf.reshape(nonpadding, nonpadding.shape.dims[1:])
+    y, result = switch_feed_forward(
+        mtf.reshape(x, inner), config, router, train, variable_dtype,
+        nonpadding=nonpadding, layout=layout, mesh_shape=mesh_shape,
+        num_microbatches=num_microbatches, output_dim=output_dim)
+    return mtf.reshape(y, x.shape.dims[:1] + y.shape.dims), result
   batch_and_length_dims, model_dim = x.shape.dims[:-1], x.shape.dims[-1]
   output_dim = output_dim or model_dim
   # An "outer_batch" dim replicates the experts (Mesh TF convention).  We add

@@ -40,3 +40,28 @@ def test_einsum_and_gather_agree(router, activation):
     assert np.abs(einsum[key]).sum() > 0, key
     np.testing.assert_allclose(gather[key], einsum[key], rtol=1e-4,
                                atol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize("dispatch", ["einsum", "gather"])
+def test_a_size_one_outer_batch_changes_nothing(dispatch):
+  """Mesh TF's training graph feeds [outer_batch=1, batch, ...]: the layer
+  routes without that dim (so that the gather path computes only filled
+  slots), with the same outputs, gradients and router loss."""
+  tokens = np.random.RandomState(5).randn(4, 12, 8).astype(np.float32)
+  nonpadding = np.ones((4, 12), np.float32)
+  nonpadding[1, 9:] = 0
+  config = layers.SwitchConfig(num_experts=4, hidden_size=16, group_size=16,
+                               capacity_factor_train=1.0,
+                               min_expert_capacity=2, activation="gated_gelu",
+                               dispatch=dispatch)
+  plain = helpers.run_switch(tokens, config, train=True, grads=True,
+                             nonpadding=nonpadding)
+  outer = helpers.run_switch(tokens, config, train=True, grads=True,
+                             nonpadding=nonpadding, weights=plain["weights"],
+                             outer_batch=1)
+  assert 0 < plain["metric/fraction_dropped"] < 1
+  np.testing.assert_allclose(outer["y"], plain["y"], rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(outer["loss"], plain["loss"], rtol=1e-6)
+  for key in (k for k in plain if k.startswith("grad/")):
+    np.testing.assert_allclose(outer[key], plain[key], rtol=1e-5, atol=1e-7,
+                               err_msg=key)

@@ -289,3 +289,14 @@ def test_score_writes_one_log_likelihood_per_line(trained, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   values = [float(v) for v in scores.read_text().split()]
   assert len(values) == 2 and all(v < 0 for v in values)
+
+
+def test_train_with_serialized_microbatches(tmp_path):
+  """A batch over Mesh TF's 2048 tokens per microbatch is trained as a loop
+  over microbatches; the router summaries made inside that loop must not
+  break the Estimator's summary merge (they did: a crash at the start)."""
+  result = helpers.cli(*TRAIN, "--model_dir", str(tmp_path / "m"),
+                       "--steps", "2", "--batch_size", "32")
+  assert result.returncode == 0, result.stderr[-3000:]
+  losses = helpers.losses(result.stdout)
+  assert sorted(losses) == [1, 2] and all(0 < v < 20 for v in losses.values())
