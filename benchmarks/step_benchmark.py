@@ -145,7 +145,7 @@ def _evaluation_seconds(model):
   return times
 
 
-def _profile(model, layout, activation, steps=20):
+def _profile(model, layout, activation, steps=20, params=()):
   """Traces ``steps`` training steps after 10 warm-up steps; prints the
   op time by type and by name scope."""
   import collections  # pylint: disable=g-import-not-at-top
@@ -156,7 +156,7 @@ def _profile(model, layout, activation, steps=20):
   from tasks import embedded  # pylint: disable=g-import-not-at-top
   tf.disable_eager_execution()
   task = embedded.register()
-  config.parse([model, layout], ACTIVATIONS[activation])
+  config.parse([model, layout], ACTIVATIONS[activation] + list(params))
   lengths = config.query("utils.run.sequence_length")
   by_type, by_scope = collections.Counter(), collections.Counter()
   in_switch = collections.Counter()
@@ -236,11 +236,14 @@ def main():
                       help="a model (e.g. models/small/switch_8): trace it "
                       "instead of benchmarking")
   parser.add_argument("--profile_layout", default="layouts/cpu_1")
+  parser.add_argument("--gin_param", action="append", default=[],
+                      help="with --profile: extra gin bindings")
   parser.add_argument("--output", default=os.path.join(HERE, "results",
                                                        "step_benchmark"))
   args = parser.parse_args()
   if args.profile:
-    _profile(args.profile, args.profile_layout, args.activation)
+    _profile(args.profile, args.profile_layout, args.activation,
+             params=args.gin_param)
     return
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   params = list(ACTIVATIONS[args.activation])

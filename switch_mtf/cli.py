@@ -101,8 +101,17 @@ def _register_tasks(args):
   from tasks import embedded  # pylint: disable=g-import-not-at-top
   vocabulary = None
   if args.vocabulary:
+    from switch_mtf import config  # pylint: disable=g-import-not-at-top
+    from tasks import local  # pylint: disable=g-import-not-at-top
     from tasks import vocabularies  # pylint: disable=g-import-not-at-top
-    vocabulary = vocabularies.from_flag(args.vocabulary)
+
+    def local_texts():
+      return local.training_texts(
+          config.query("local_data.pretraining"),
+          config.query("local_data.text_to_text_files"))
+    vocabulary = vocabularies.from_flag(
+        args.vocabulary, training_texts=(
+            local_texts if args.task.startswith("local_") else None))
   embedded.register(vocabulary=vocabulary)
   embedded.register_closed_book_qa(vocabulary=vocabulary)
   if args.task.startswith(_TFDS_TASK_PREFIXES):
@@ -339,9 +348,11 @@ def _add_run_flags(parser, train):
   parser.add_argument(
       "--vocabulary", default=None,
       help="'embedded' (SentencePiece trained on the embedded corpus, "
-      "cached), 'bytes', or a SentencePiece model path; default: bytes for "
-      "the embedded tasks, T5's gs://t5-data/vocabs/cc_all.32000/"
-      "sentencepiece.model for the TFDS ones")
+      "cached), 'bytes', 'trained' (SentencePiece trained on the local "
+      "task's training files, cached), or a SentencePiece model path; "
+      "default: bytes for the embedded and local tasks, T5's "
+      "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model for the TFDS "
+      "ones")
   parser.add_argument("--tfds_data_dir", default=None,
                       help="where the prepared TFDS datasets are (C4, GLUE, "
                       "SuperGLUE, SQuAD tasks)")

@@ -42,6 +42,18 @@ _PAPER = {
 }
 
 
+_MINIATURE = [
+    "The data: the embedded encyclopedia (`switch_mtf/corpus.py`), 5,000 "
+    "fictional cities and people with three articles each that state the "
+    "same facts in different words; validation holds out one article of "
+    "every 20th entity, so its text is predictable from what training "
+    "showed (facts need parameters, which Switch adds at equal FLOPs).  How "
+    "this miniature was chosen, and every configuration tried with its "
+    "numbers: `benchmarks/results/miniature_search.md`; our models against "
+    "Hugging Face's on the same batches: "
+    "`benchmarks/results/peer_quality/`."]
+
+
 def write(output_dir, results, meta):
   os.makedirs(output_dir, exist_ok=True)
   with open(os.path.join(output_dir, "results.json"), "w") as f:
@@ -56,9 +68,19 @@ def write(output_dir, results, meta):
            "layers at every other FFN, each expert FLOP-matched to the dense "
            "FFN), batch 8, one CPU device, T5's learning rate (0.01 over "
            "these steps).  Validation: negative log perplexity per target "
-           "token (nats, higher is better).  Training loss curves are "
+           "token (nats, higher is better) on one fixed set of examples "
+           "(the split preprocessed once with seed 0: the same tokens for "
+           "every model and every evaluation).  Training loss curves are "
            "on batches the model had not seen before (under one epoch).",
            ""]
+  if meta["mode"] == "quick":
+    lines += ["**Quick mode is too short to show the paper's headline** "
+              "(%d steps: the models are still far from converged, and "
+              "differences are within run-to-run noise); it checks that "
+              "every experiment runs.  `switch-mtf reproduce` (full) is "
+              "the reproduction." % meta["scale"]["steps"], ""]
+  if meta["task"] == rp.EMBEDDED_TASK:
+    lines += _MINIATURE + [""]
   for name in rp.EXPERIMENTS:
     if name in results:
       section = globals()["_" + name](results[name], output_dir)
@@ -158,7 +180,42 @@ def _experts(records, output_dir):
           "interpolated between evaluations; \"train loss\" uses the "
           "training cross entropy (the loss without α·Σ N·Σf·P), every 10 "
           "steps, smoothed over 50." % _fmt(
-              dense_final, "%.4f"), "", curves, speedup]
+              dense_final, "%.4f"), "", _verdict(records, speed), "",
+      curves, speedup] + _peer_benchmark()
+
+
+def _verdict(records, speed):
+  """One sentence on the headline, from the numbers."""
+  reached = sorted((s["step_speedup"], n) for n, s in speed.items()
+                   if s.get("step_speedup"))
+  missed = [n for n, s in speed.items() if not s.get("step_speedup")]
+  steps = records["dense"]["history"][-1]["step"]
+  if not reached:
+    return ("**Not reproduced here:** no Switch model reaches the dense "
+            "model's final validation within %d steps." % steps)
+  best, name = reached[-1]
+  return ("%d of %d Switch models reach the dense model's final validation "
+          "within %d steps (best: %s, %.2fx fewer steps%s)%s." % (
+              len(reached), len(speed), steps, name, best,
+              ", %.2fx less time" % speed[name]["time_speedup"]
+              if speed[name].get("time_speedup") else "",
+              "; not reached: " + ", ".join(missed) if missed else ""))
+
+
+def _peer_benchmark():
+  """The Hugging Face side-by-side tables, if committed in this checkout."""
+  root = os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), "benchmarks", "results", "peer_quality")
+  lines = []
+  for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+    path = os.path.join(root, name, "table.md")
+    if os.path.exists(path):
+      with open(path) as f:
+        table = [l for l in f.read().splitlines() if l.startswith("|")]
+      lines += ["", "Our models and Hugging Face's on the same batches "
+                "from the same initial weights (`benchmarks/results/"
+                "peer_quality/%s/`):" % name, ""] + table
+  return lines
 
 
 def _capacity(records, output_dir):
@@ -336,27 +393,33 @@ def _knowledge(records, output_dir):
 
 def _distill(records, output_dir):
   del output_dir
-  dense = ex.final_neg_log_perplexity(records["dense"])
-  teacher = ex.final_neg_log_perplexity(records["switch_8"])
+  students = {n: r for n, r in records.items() if r["spec"]["distill_from"]}
+  teacher_name = next(iter(students.values()))["spec"]["distill_from"]
+  baseline_name = next(n for n, r in records.items()
+                       if n not in students and n != teacher_name)
+  dense = ex.final_neg_log_perplexity(records[baseline_name])
+  teacher = ex.final_neg_log_perplexity(records[teacher_name])
   rows = []
   for name, r in records.items():
     value = ex.final_neg_log_perplexity(r)
     # A share of a gain is defined only when the teacher is better.
     gain = (value - dense) / (teacher - dense) if teacher > dense else None
-    role = {"dense": "dense baseline", "switch_8": "teacher"}.get(
-        name, "student, %s" % ("teacher's non-expert weights"
-                               if r["spec"]["student_init"]
-                               else "random initialization"))
-    rows.append((name, role, r["parameters"], _fmt(value, "%.4f"),
-                 "-" if name == "dense" else _fmt(
+    role = ("dense baseline" if name == baseline_name else
+            "teacher" if name == teacher_name else
+            "student, %s" % ("teacher's non-expert weights"
+                             if r["spec"]["student_init"]
+                             else "random initialization"))
+    rows.append((name, role, r["parameters"], r["spec"]["steps"],
+                 _fmt(value, "%.4f"),
+                 "-" if name in (baseline_name, teacher_name) else _fmt(
                      None if gain is None else 100 * gain, "%.0f%%",
                      "n/a (the teacher is not better than the baseline)")))
   return ["8. Distilling the Switch model into a dense one (§4.2)"] + _table(
-      ("run", "role", "parameters", "validation at step %d" % _steps(
-          records), "share of the teacher's gain"), rows) + [
-              "", "Students: loss = 0.75 hard labels + 0.25 the teacher's "
-              "probabilities (temperature 1), trained as many steps as the "
-              "baseline.  Share = (student - dense) / (teacher - dense)."]
+      ("run", "role", "parameters", "steps", "final validation",
+       "share of the teacher's gain"), rows) + [
+           "", "Students: loss = 0.75 hard labels + 0.25 the teacher's "
+           "probabilities (temperature 1), trained as many steps as the "
+           "dense baseline.  Share = (student - dense) / (teacher - dense)."]
 
 
 def _upcycle(records, output_dir):

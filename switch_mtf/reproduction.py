@@ -23,8 +23,9 @@ QA_TASK = "switch_mtf_embedded_closed_book_qa"
 
 @dataclasses.dataclass(frozen=True)
 class Scale:
-  steps: int            # pre-training runs compared at equal steps
+  steps: int            # the scaling runs (dense, 2-64 experts)
   evals: int            # validation evaluations per scaling run
+  side_steps: int       # capacity, balance, policy and distillation runs
   short_steps: int      # the initialization runs (early training)
   cost_steps: int       # the timing runs
   finetune_steps: int
@@ -36,12 +37,16 @@ class Scale:
   quick: bool = False
 
 
-QUICK = Scale(steps=100, evals=2, short_steps=30, cost_steps=30,
-              finetune_steps=30, experts=(8,), cost_experts=(64,),
-              seeds=(0,), capacity_factors=(1.0, 1.25),
+QUICK = Scale(steps=100, evals=2, side_steps=100, short_steps=30,
+              cost_steps=30, finetune_steps=30, experts=(8,),
+              cost_experts=(64,), seeds=(0,), capacity_factors=(1.0, 1.25),
               policies=("input_jitter", "sample"), quick=True)
-FULL = Scale(steps=600, evals=4, short_steps=150, cost_steps=50,
-             finetune_steps=200, experts=(2, 4, 8, 16, 32),
+# The headline (dense against 2-64 experts) gets the long runs; the
+# comparisons among Switch variants, whose differences show early, shorter
+# ones (about 90 minutes in all on 2 cores).
+FULL = Scale(steps=2000, evals=8, side_steps=600, short_steps=150,
+             cost_steps=50, finetune_steps=200,
+             experts=(2, 4, 8, 16, 32, 64),
              cost_experts=(1, 2, 4, 8, 16, 32, 64), seeds=(0, 1, 2))
 
 _DENSE = "models/small/dense"
@@ -54,16 +59,26 @@ def _switch(experts, *params):
           + tuple(params))
 
 
+def _side(scale, base):
+  """The dense or Switch-8 run at the side experiments' length: the
+  scaling run itself when the lengths agree."""
+  main = _find(specs("experts", _with_8(scale)), base)
+  if scale.side_steps == scale.steps:
+    return main
+  return dataclasses.replace(main, name="%s_%d" % (base, scale.side_steps),
+                             steps=scale.side_steps, evals=1)
+
+
 def specs(name, scale):
   """The runs of experiment ``name`` at ``scale``."""
   s = scale
-  main = dict(steps=s.steps)
+  side = dict(steps=s.side_steps, evals=1)
   if name == "experts":
-    runs = [ex.RunSpec("dense", _DENSE, evals=s.evals, **main)]
+    runs = [ex.RunSpec("dense", _DENSE, evals=s.evals, steps=s.steps)]
     for e in s.experts:
       model, params = _switch(e)
       runs.append(ex.RunSpec("switch_%d" % e, model, params, evals=s.evals,
-                             **main))
+                             steps=s.steps))
     return runs
   if name == "capacity":
     runs = []
@@ -72,19 +87,19 @@ def specs(name, scale):
       for cf in s.capacity_factors:
         if scale.quick and router == "top2":
           continue   # full mode only
-        run_name = ("switch_8" if router == "switch" and cf == 1.25
-                    else "%s_8_cf%s" % (router, cf))
+        if router == "switch" and cf == 1.25:
+          runs.append(_side(s, "switch_8"))
+          continue
         cf_params = () if cf == 1.25 else (
             "SwitchFFN.capacity_factor_train = %s" % cf,)
         model, params = _switch(8, *(extra + cf_params))
-        runs.append(ex.RunSpec(run_name, model, params,
-                               evals=s.evals if run_name == "switch_8" else 1,
-                               **main))
+        runs.append(ex.RunSpec("%s_8_cf%s" % (router, cf), model, params,
+                               **side))
     return runs
   if name == "balance":
-    return [_find(specs("experts", _with_8(s)), "switch_8"),
+    return [_side(s, "switch_8"),
             ex.RunSpec("switch_8_alpha0", *_switch(
-                8, "SwitchRouter.aux_loss_coef = 0.0"), evals=1, **main)]
+                8, "SwitchRouter.aux_loss_coef = 0.0"), **side)]
   if name == "init":
     runs = []
     for scale_value in (0.1, 1.0):
@@ -100,10 +115,10 @@ def specs(name, scale):
     runs = []
     for policy in s.policies:
       if policy == "input_jitter":
-        runs.append(_find(specs("experts", _with_8(s)), "switch_8"))
+        runs.append(_side(s, "switch_8"))
         continue
       runs.append(ex.RunSpec("switch_8_%s" % policy, *_switch(
-          8, "SwitchRouter.policy_train = %r" % policy), evals=1, **main))
+          8, "SwitchRouter.policy_train = %r" % policy), **side))
     return runs
   if name == "cost":
     if scale.quick:   # the scaling runs' speeds, and one with 64 experts
@@ -126,16 +141,16 @@ def specs(name, scale):
           task_metrics=True))
     return runs
   if name == "distill":   # paper §4.2, Table 6
-    pre = specs("experts", _with_8(s))
-    runs = [_find(pre, "dense"), _find(pre, "switch_8")]
+    teacher = _find(specs("experts", _with_8(s)), "switch_8")
+    runs = [_side(s, "dense"), teacher]
     for init in (True,) if scale.quick else (True, False):
       runs.append(ex.RunSpec(
           "distill_dense_%s" % ("init" if init else "random"), _DENSE,
-          evals=1, distill_from="switch_8", student_init=init, **main))
+          distill_from=teacher.name, student_init=init, **side))
     return runs
   if name == "upcycle":   # sparse upcycling against continuing dense
     pre = specs("experts", _with_8(s))
-    more = max(2, s.steps // 2)
+    more = max(2, s.side_steps // 2)
     return [_find(pre, "dense"),
             ex.RunSpec("dense_continued", _DENSE, steps=more, evals=1,
                        continue_from="dense"),
@@ -169,7 +184,8 @@ def scaled(scale, steps):
   factor = steps / scale.steps
   return dataclasses.replace(scale, **{
       k: max(2, int(round(getattr(scale, k) * factor)))
-      for k in ("steps", "short_steps", "cost_steps", "finetune_steps")})
+      for k in ("steps", "side_steps", "short_steps", "cost_steps",
+                "finetune_steps")})
 
 
 def reproduce(names=EXPERIMENTS, quick=False, output_dir="runs/reproduce",

@@ -146,6 +146,37 @@ def _source(split_patterns, keys, bad):
   return source
 
 
+def training_texts(pretraining=None, text_to_text_files=None, limit=200000):
+  """(name, texts) of the training files (at most ``limit`` records), for
+  training a vocabulary on them; the name changes when the files do."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  if pretraining and "train" in pretraining:
+    files, keys = expand(pretraining["train"]), ("text",)
+  elif text_to_text_files and "train" in text_to_text_files:
+    files, keys = expand(text_to_text_files["train"]), ("inputs", "targets")
+  else:
+    raise ConfigError("--vocabulary=trained needs training files: bind "
+                      "local_data.pretraining = {'train': ...} (or "
+                      "local_data.text_to_text_files)")
+  digest = hashlib.sha256()
+  for f in files:
+    stat = tf.io.gfile.stat(f)
+    digest.update(("%s %d %d" % (f, stat.length, stat.mtime_nsec)).encode())
+  json_lines = ".json" in files[0]
+  bad = BadRecords("vocabulary")
+
+  def texts():
+    count = 0
+    for line in _lines(files).as_numpy_iterator():
+      record = parse_record(line, keys, json_lines, bad)
+      for key in keys if record else ():
+        yield record[key]
+      count += 1
+      if count >= limit:
+        return
+  return "local_spm_" + digest.hexdigest()[:16], texts()
+
+
 @gin.configurable("local_data")
 def register(vocabulary, pretraining=None, text_to_text_files=None):
   """Registers the local tasks for which files are given; returns

@@ -54,23 +54,28 @@ def _default_cache_dir():
                       "switch_mtf")
 
 
-def embedded_sentencepiece(vocab_size=2000, seed=0, cache_dir=None,
-                           extra_ids=EXTRA_IDS):
-  """A unigram SentencePiece model trained on the embedded corpus's train
-  articles (pad 0, eos 1, unk 2, no bos, like T5's), cached as
-  ``<cache_dir>/embedded_spm_<seed>_<vocab_size>.model``."""
+def trained_sentencepiece(texts, name, vocab_size=2000, cache_dir=None,
+                          extra_ids=EXTRA_IDS):
+  """A unigram SentencePiece model trained on ``texts`` (an iterable of
+  strings; pad 0, eos 1, unk 2, no bos, like T5's) plus T5's sentinels,
+  cached as ``<cache_dir>/<name>.model``: ``name`` must identify the texts
+  (a later call with the same name reuses the model)."""
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
   cache_dir = cache_dir or _default_cache_dir()
-  path = os.path.join(cache_dir, "embedded_spm_%d_%d.model" % (seed,
-                                                               vocab_size))
+  path = os.path.join(cache_dir, "%s.model" % name)
   if not os.path.exists(path):
     os.makedirs(cache_dir, exist_ok=True)
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus.generate(seed=seed)["train"]),
-        model_writer=model, vocab_size=vocab_size, model_type="unigram",
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0,
-        num_threads=1, minloglevel=2)
+    try:
+      spm.SentencePieceTrainer.train(
+          sentence_iterator=iter(texts), model_writer=model,
+          vocab_size=vocab_size, model_type="unigram", pad_id=0, eos_id=1,
+          unk_id=2, bos_id=-1, character_coverage=1.0, num_threads=1,
+          minloglevel=2, hard_vocab_limit=False)
+    except RuntimeError as e:
+      raise ConfigError("cannot train a SentencePiece vocabulary on this "
+                        "text (%s): give more text or use --vocabulary=bytes"
+                        % str(e).splitlines()[0][:120]) from None
     # Written whole, then renamed: a killed build never leaves half a model.
     handle, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
     with os.fdopen(handle, "wb") as f:
@@ -79,15 +84,35 @@ def embedded_sentencepiece(vocab_size=2000, seed=0, cache_dir=None,
   return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
 
 
+def embedded_sentencepiece(vocab_size=2000, seed=0, cache_dir=None,
+                           extra_ids=EXTRA_IDS):
+  """A SentencePiece model trained on the embedded corpus's train articles,
+  cached as ``embedded_spm_v2_<seed>_<vocab_size>.model``."""
+  return trained_sentencepiece(
+      corpus.generate(seed=seed)["train"],
+      # v2: the corpus of issue 14 (three articles per entity).
+      "embedded_spm_v2_%d_%d" % (seed, vocab_size), vocab_size=vocab_size,
+      cache_dir=cache_dir, extra_ids=extra_ids)
+
+
 def byte_vocabulary():
   """UTF-8 bytes plus T5's 100 sentinels: no file, no network."""
   return seqio.ByteVocabulary(extra_ids=EXTRA_IDS)
 
 
-def from_flag(value, cache_dir=None):
-  """``--vocabulary``: "embedded", "bytes", or a SentencePiece model path."""
+def from_flag(value, cache_dir=None, training_texts=None):
+  """``--vocabulary``: "embedded", "bytes", "trained" (a SentencePiece
+  model trained on ``training_texts()`` -> (name, texts): the local
+  corpus's training files), or a SentencePiece model path."""
   if value in (None, "", "embedded"):
     return embedded_sentencepiece(cache_dir=cache_dir)
   if value == "bytes":
     return byte_vocabulary()
+  if value == "trained":
+    if training_texts is None:
+      raise ConfigError("--vocabulary=trained trains on the local task's "
+                        "files: use it with --task=local_span_corruption "
+                        "or local_text_to_text")
+    name, texts = training_texts()
+    return trained_sentencepiece(texts, name, cache_dir=cache_dir)
   return sentencepiece(value)

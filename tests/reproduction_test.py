@@ -82,18 +82,28 @@ def _corpus(directory, lines, seed):
 
 
 def test_reproduce_on_a_local_corpus_then_resume(tmp_path):
+  """Natural text in miniature: the user's own text files, a SentencePiece
+  vocabulary trained on them, the experiments, then a rerun that reuses
+  every finished run."""
   _corpus(tmp_path / "train.txt", 400, 0)
   _corpus(tmp_path / "validation.txt", 20, 1)
   out = tmp_path / "report"
   args = ["reproduce", "--quick",
           "--steps", "12", "--experiments", "experts,balance,cost",
-          "--task", "local_span_corruption", "--vocabulary", "bytes",
+          "--task", "local_span_corruption", "--vocabulary", "trained",
           "--gin_param", "local_data.pretraining = {'train': '%s', "
           "'validation': '%s'}" % (tmp_path / "train.txt",
                                    tmp_path / "validation.txt"),
           "--output_dir", str(out)]
-  result = helpers.cli(*args)
+  cache = tmp_path / "cache"
+  result = helpers.cli(*args, env=dict(os.environ, XDG_CACHE_HOME=str(cache)))
   assert result.returncode == 0, result.stderr[-3000:]
+  # The vocabulary was trained on the training file and cached.
+  models = list((cache / "switch_mtf").glob("local_spm_*.model"))
+  assert len(models) == 1
+  import sentencepiece  # pylint: disable=g-import-not-at-top
+  pieces = sentencepiece.SentencePieceProcessor(model_file=str(models[0]))
+  assert pieces.piece_to_id("▁lantern") > 2   # a word of the text
   report = (out / "report.md").read_text()
   for heading in ("## 1. Scaling with experts", "## 3. Load balancing",
                   "## 6. Cost against experts"):
@@ -125,7 +135,8 @@ def test_reproduce_on_a_local_corpus_then_resume(tmp_path):
   assert switch["history"][-1]["loss"] != alpha0["history"][-1]["loss"]
   # Run again: every run is reused from its record, the report rewritten.
   os.remove(out / "report.md")
-  again = helpers.cli(*args)
+  again = helpers.cli(*args, env=dict(os.environ,
+                                     XDG_CACHE_HOME=str(cache)))
   assert again.returncode == 0, again.stderr[-3000:]
   assert again.stdout.count("done before") == 4
   assert "trained steps" not in again.stdout
@@ -139,21 +150,25 @@ def test_distillation_and_upcycling_runs():
   assert runs["distill_dense_init"].distill_from == "switch_8"
   assert runs["distill_dense_init"].student_init
   assert not runs["distill_dense_random"].student_init
-  assert runs["distill_dense_init"].steps == runs["dense"].steps
+  # The students and their dense baseline train equally long; the teacher
+  # is the fully trained Switch model.
+  assert runs["distill_dense_init"].steps == runs["dense_600"].steps == 600
+  assert runs["switch_8"].steps == rp.FULL.steps
   assert runs["dense_continued"].continue_from == "dense"
   assert runs["upcycled_switch_8"].upcycle_from == "dense"
   assert (runs["dense_continued"].steps == runs["upcycled_switch_8"].steps
-          == rp.FULL.steps // 2)
+          == rp.FULL.side_steps // 2)
 
 
 def test_distillation_report_gives_the_share_of_the_teacher_gain(tmp_path):
   from switch_mtf import report  # pylint: disable=g-import-not-at-top
-  def record(value, student_init=True):
+  def record(value, student_init=True, teacher=None):
     return dict(evaluations=[dict(step=10, neg_log_perplexity=value)],
-                parameters=1, spec=dict(steps=10, student_init=student_init))
-  records = {"dense": record(-3.0), "switch_8": record(-2.6),
-             "distill_dense_init": record(-2.88),
-             "distill_dense_random": record(-2.96, False)}
+                parameters=1, spec=dict(steps=10, student_init=student_init,
+                                        distill_from=teacher))
+  records = {"dense_10": record(-3.0), "switch_8": record(-2.6),
+             "distill_dense_init": record(-2.88, teacher="switch_8"),
+             "distill_dense_random": record(-2.96, False, "switch_8")}
   lines = report._distill(records, str(tmp_path))  # pylint: disable=protected-access
   rows = {line.split(" | ")[0].strip("| "): line for line in lines
           if line.startswith("| distill")}
