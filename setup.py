@@ -23,10 +23,39 @@ INSTALL_REQUIRES = [
     "numpy<2",
     "setuptools<82",
     "jax[cpu]==0.4.30",
+    # demo and reproduce draw their plots with it.
+    "matplotlib",
 ]
+
+import os  # noqa: E402
+
+from setuptools.command import build_py  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# Put at the top of site-packages, it installs switch_mtf's import hook
+# (switch_mtf/compat.py) at every interpreter start of the environment, so
+# that any program importing Mesh TF (T5's t5_mesh_transformer too) gets
+# the compatibility fixes.  Guarded: harmless once switch_mtf is removed.
+PTH_NAME = "switch_mtf_compat.pth"
+PTH_LINE = ("import importlib.util; importlib.util.find_spec('switch_mtf') "
+            "and __import__('switch_mtf')\n")
+
+
+class BuildPy(build_py.build_py):
+  """Also puts the gin tree into the package (switch_mtf/gin, for
+  non-editable installs) and the .pth file at the top of the wheel."""
+
+  def run(self):
+    super().run()
+    target = os.path.join(self.build_lib, "switch_mtf", "gin")
+    self.copy_tree(os.path.join(HERE, "gin"), target)
+    with open(os.path.join(self.build_lib, PTH_NAME), "w") as f:
+      f.write(PTH_LINE)
+
 
 setuptools.setup(
     name="switch_mtf",
+    cmdclass={"build_py": BuildPy},
     version="0.1.0",
     description="Switch Transformer (Fedus, Zoph & Shazeer 2021) on Mesh "
                 "TensorFlow",
@@ -39,7 +68,7 @@ setuptools.setup(
         # safetensors convert without it.  2.13.0 has a CPU-only build.
         "convert": ["torch==2.13.0"],
         # The conversion tests compare against Hugging Face's model in torch.
-        "test": ["pytest", "matplotlib", "torch==2.13.0"],
+        "test": ["pytest", "torch==2.13.0"],
     },
     entry_points={"console_scripts": ["switch-mtf=switch_mtf.cli:main"]},
 )

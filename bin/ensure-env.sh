@@ -36,6 +36,20 @@ ensure_env() {
     echo "switch_mtf: installing the pinned stack failed (see the pip output above)" >&2
     exit 1
   }
+  # The compatibility hook for every program of the environment, T5's
+  # t5_mesh_transformer included (see setup.py: a wheel carries this file;
+  # an editable install does not).
+  site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  "$VENV/bin/python" - "$ROOT/setup.py" "$site" <<'PY'
+import ast, sys
+setup, site = sys.argv[1:]
+values = {}
+for node in ast.parse(open(setup).read()).body:
+  if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) in ("PTH_NAME", "PTH_LINE"):
+    values[node.targets[0].id] = ast.literal_eval(node.value)
+with open("%s/%s" % (site, values["PTH_NAME"]), "w") as f:
+  f.write(values["PTH_LINE"])
+PY
   echo "$want" > "$stamp"
 }
 

@@ -9,6 +9,7 @@ if sys.version_info[:2] not in ((3, 10), (3, 11)):
 
 from switch_mtf import compat  # pylint: disable=g-import-not-at-top
 
-compat.apply()
+# Patches old upstream code when (and if) it is imported; no TensorFlow here.
+compat.install()
 
 __version__ = "0.1.0"

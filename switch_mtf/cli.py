@@ -9,18 +9,21 @@ import sys
 from switch_mtf.errors import ConfigError
 
 
-def _quiet_tensorflow_logs():
+def _set_up_tensorflow():
   import logging  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
   # TensorFlow's deprecation warnings for Mesh TF's TF1 code are not the
   # user's business; our progress lines are.
   tf.get_logger().setLevel(logging.ERROR)
   logging.getLogger("absl").setLevel(logging.ERROR)
+  # Mesh TF is graph code (TF1): the Estimator builds its graphs anyway, and
+  # the in-process scorer and data checks build theirs the same way.
+  tf.disable_eager_execution()
 
 
 def _demo(args):
   from switch_mtf import demo  # pylint: disable=g-import-not-at-top
-  _quiet_tensorflow_logs()
+  _set_up_tensorflow()
   demo.run(steps=args.steps, num_devices=args.devices,
            num_experts=args.experts, seed=args.seed,
            output_dir=args.output_dir)
@@ -61,11 +64,7 @@ def _run_setup(args):
   from switch_mtf import config  # pylint: disable=g-import-not-at-top
   from switch_mtf import run  # pylint: disable=g-import-not-at-top
   import importlib  # pylint: disable=g-import-not-at-top
-  _quiet_tensorflow_logs()
-  import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
-  # Mesh TF is graph code (TF1): the Estimator builds its graphs anyway, and
-  # the in-process scorer and data checks build theirs the same way.
-  tf.disable_eager_execution()
+  _set_up_tensorflow()
   import tasks.local  # pylint: disable=g-import-not-at-top,unused-import
   for name in args.module_import:
     try:
@@ -298,7 +297,7 @@ def _distill(args):
 
 def _convert(args):
   from switch_mtf import hf_conversion  # pylint: disable=g-import-not-at-top
-  _quiet_tensorflow_logs()
+  _set_up_tensorflow()
   if args.from_hf:
     hf_conversion.import_hf(args.from_hf, args.model_dir,
                             routing=args.routing)

@@ -3,8 +3,14 @@
 Mesh TensorFlow 0.1.21 (the last release) was written for TensorFlow <= 2.12.
 switch_mtf pins TensorFlow 2.15.1 (the last release with tf.estimator, which the
 upstream TPU path needs), so a few things must be patched *before* the first
-``import mesh_tensorflow``.  ``apply()`` does that; ``import switch_mtf`` calls
-it, so users never have to.
+``import mesh_tensorflow``, and the others right after the module they patch
+is imported.  ``install()`` puts an import hook in place that does exactly
+that, when (and only if) those modules are imported: ``import switch_mtf``
+calls it and costs nothing (no TensorFlow import), and the environment's
+``switch_mtf_compat.pth`` calls it at every interpreter start, so that any
+program of the environment that imports Mesh TF (T5's own
+``t5_mesh_transformer`` too) gets the same fixes.  ``apply()`` installs the
+hook and imports Mesh TF now.
 
 Patches:
   1. ``tensorflow.python.framework.ops.register_tensor_conversion_function``
@@ -60,13 +66,16 @@ Patches:
      Mesh TF's own VarianceScalingInitializer draws (scale 1.0 keeps
      Mesh TF's std).  Embeddings keep std 1.0 (as T5 and flaxformer).
 """
+import importlib.abc
+import importlib.util
 import os
+import sys
 import weakref
 import zlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-_applied = False
+_installed = False
 
 
 def _patch_tensor_conversion_registry():
@@ -189,8 +198,13 @@ def _deterministic_placement_random(self, shape, tf_fn, kwargs):
   return self.slicewise(my_fn, self.laid_out_pnum())
 
 
+def _patch_placement_random():
+  placement_mesh_impl = sys.modules["mesh_tensorflow.placement_mesh_impl"]
+  placement_mesh_impl.PlacementMeshImpl.random = _deterministic_placement_random
+
+
 def _patch_scalar_summaries():
-  import mesh_tensorflow as mtf  # pylint: disable=g-import-not-at-top
+  mtf = sys.modules["mesh_tensorflow"]
   import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
   original = mtf.ScalarSummaryOperation.lower
 
@@ -251,7 +265,7 @@ class _TfWithoutPrint(object):
 
 
 def _silence_loss_print():
-  from mesh_tensorflow.transformer import utils  # pylint: disable=g-import-not-at-top
+  utils = sys.modules["mesh_tensorflow.transformer.utils"]
   if not isinstance(utils.tf, _TfWithoutPrint):
     utils.tf = _TfWithoutPrint(utils.tf)
 
@@ -276,36 +290,96 @@ class _TfWithScaledAttentionInit(object):
 
 
 def _scale_attention_init():
-  from mesh_tensorflow.transformer import attention  # pylint: disable=g-import-not-at-top
+  attention = sys.modules["mesh_tensorflow.transformer.attention"]
   if not isinstance(attention.tf, _TfWithScaledAttentionInit):
     attention.tf = _TfWithScaledAttentionInit(attention.tf)
 
 
-def _stub_t5_models():
-  import sys  # pylint: disable=g-import-not-at-top
-  import types  # pylint: disable=g-import-not-at-top
-  if "t5.models" in sys.modules:
+class _BarePackage(importlib.abc.Loader):
+  """``t5.models`` without its ``__init__`` (see 9): its submodules import
+  from its directory as usual."""
+
+  def create_module(self, spec):
+    return None
+
+  def exec_module(self, module):
+    del module
+
+
+class _Patching(importlib.abc.Loader):
+  """Runs a module's loader between the patches due before and after it."""
+
+  def __init__(self, loader, name):
+    self._loader = loader
+    self._name = name
+
+  def create_module(self, spec):
+    return self._loader.create_module(spec)
+
+  def exec_module(self, module):
+    for patch in _BEFORE.get(self._name, ()):
+      patch()
+    self._loader.exec_module(module)
+    for patch in _AFTER.get(self._name, ()):
+      patch()
+
+
+class _Hook(importlib.abc.MetaPathFinder):
+  """Finds the modules the patches are about with the other finders, and
+  wraps their loaders."""
+
+  def __init__(self):
+    self._busy = set()
+
+  def find_spec(self, name, path, target=None):
+    del path, target
+    if name not in _BEFORE and name not in _AFTER and name != "t5.models":
+      return None
+    if name in self._busy:
+      return None
+    self._busy.add(name)
+    try:
+      spec = importlib.util.find_spec(name)
+    finally:
+      self._busy.discard(name)
+    if spec is None or spec.loader is None:
+      return spec
+    if name == "t5.models":
+      spec.loader = _BarePackage()
+    else:
+      spec.loader = _Patching(spec.loader, name)
+    return spec
+
+
+# Patches by module: applied just before / just after its first import.
+_BEFORE = {"mesh_tensorflow": (_patch_tensor_conversion_registry,
+                               _check_pkg_resources)}
+_AFTER = {
+    "mesh_tensorflow": (_patch_placement_random, _patch_scalar_summaries,
+                        _patch_checkpoint_resave),
+    "mesh_tensorflow.transformer.utils": (_silence_loss_print,),
+    "mesh_tensorflow.transformer.attention": (_scale_attention_init,),
+}
+
+
+def install():
+  """Installs the import hook (idempotent); patches modules that are
+  already imported (their ``before`` patches can only have been needed by
+  an import that has already failed or succeeded)."""
+  global _installed
+  if _installed:
     return
-  import t5  # pylint: disable=g-import-not-at-top
-  package = types.ModuleType("t5.models")
-  package.__path__ = [os.path.join(os.path.dirname(t5.__file__), "models")]
-  package.__package__ = "t5.models"
-  sys.modules["t5.models"] = package
-  t5.models = package
+  sys.meta_path.insert(0, _Hook())
+  _installed = True
+  for name, patches in _AFTER.items():
+    if name in sys.modules:
+      for patch in patches:
+        patch()
 
 
 def apply():
-  """Applies all patches (idempotent).  Must run before Mesh TF is imported."""
-  global _applied
-  if _applied:
-    return
-  _patch_tensor_conversion_registry()
-  _check_pkg_resources()
-  from mesh_tensorflow import placement_mesh_impl  # pylint: disable=g-import-not-at-top
-  placement_mesh_impl.PlacementMeshImpl.random = _deterministic_placement_random
-  _patch_scalar_summaries()
-  _patch_checkpoint_resave()
-  _silence_loss_print()
-  _scale_attention_init()
-  _stub_t5_models()
-  _applied = True
+  """Installs the hook and imports Mesh TF now (all patches in place)."""
+  install()
+  import mesh_tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  from mesh_tensorflow.transformer import attention  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  from mesh_tensorflow.transformer import utils  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import

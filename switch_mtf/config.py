@@ -22,15 +22,15 @@ import switch_mtf.routing  # noqa: F401,E402
 
 
 def gin_dir():
-  """The gin/ tree at the top of the checkout (switch_mtf is installed
-  editable from its checkout by bin/)."""
+  """switch_mtf's gin tree: inside the installed package (a wheel or
+  ``pip install .``), else at the top of the checkout (editable install)."""
   here = os.path.dirname(os.path.abspath(__file__))
-  candidate = os.path.join(os.path.dirname(here), "gin")
-  if not os.path.isdir(candidate):
-    raise ConfigError("cannot find switch_mtf's gin/ directory at %s: install "
-                      "switch_mtf editable from its checkout (pip install -e)"
-                      % candidate)
-  return candidate
+  for candidate in (os.path.join(here, "gin"),
+                    os.path.join(os.path.dirname(here), "gin")):
+    if os.path.isdir(os.path.join(candidate, "models")):
+      return candidate
+  raise ConfigError("cannot find switch_mtf's gin/ directory (looked in %s "
+                    "and beside it): reinstall switch_mtf" % here)
 
 
 def mesh_defaults_path():

@@ -84,6 +84,17 @@ def _lines(files):
   return dataset
 
 
+def _python_lines(files):
+  """The lines of ``files`` (bytes, no newline) read in Python: tf.data's
+  iterators need eager mode, and the CLI runs TensorFlow in graph mode."""
+  import gzip  # pylint: disable=g-import-not-at-top
+  for f in files:
+    with tf.io.gfile.GFile(f, "rb") as raw:
+      stream = gzip.GzipFile(fileobj=raw) if f.endswith(".gz") else raw
+      for line in stream:
+        yield line.rstrip(b"\r\n")
+
+
 def parse_record(line, keys, json_lines, bad):
   """A line -> {key: text}, or None (counted in ``bad``) if unreadable.
 
@@ -167,7 +178,7 @@ def training_texts(pretraining=None, text_to_text_files=None, limit=200000):
 
   def texts():
     count = 0
-    for line in _lines(files).as_numpy_iterator():
+    for line in _python_lines(files):
       record = parse_record(line, keys, json_lines, bad)
       for key in keys if record else ():
         yield record[key]

@@ -48,6 +48,22 @@ def sentencepiece(path=T5_VOCABULARY, extra_ids=EXTRA_IDS):
   return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
 
 
+class _CheckedSentencePiece(seqio.SentencePieceVocabulary):
+  """seqio's SentencePiece vocabulary, read at its first use (as seqio
+  does), but an unreadable file is one ConfigError (``sentencepiece``)."""
+
+  def _model_context(self):
+    if not self._model:
+      sentencepiece(self._sentencepiece_model_file, self._extra_ids)
+    return super()._model_context()
+
+
+def lazy_sentencepiece(path=T5_VOCABULARY, extra_ids=EXTRA_IDS):
+  """A SentencePiece vocabulary at ``path`` read at its first use (a task
+  module can register with it without touching the file or the network)."""
+  return _CheckedSentencePiece(path, extra_ids=extra_ids)
+
+
 def _default_cache_dir():
   return os.path.join(os.environ.get("XDG_CACHE_HOME",
                                      os.path.expanduser("~/.cache")),

@@ -190,3 +190,21 @@ def test_benchmark_average_is_the_mean_of_task_means():
               "glue_ax": {}}                                  # no metric
   assert metrics.benchmark_average(per_task) == pytest.approx(
       (75 + 30 + 89) / 3)
+
+
+def test_tasks_all_registers_every_task_without_reading_the_vocabulary(
+    monkeypatch):
+  """``--module_import=tasks.all``: every task registered at import, the
+  vocabulary file untouched until a task is used (then one clear error)."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv("SWITCH_MTF_VOCABULARY", "/nonexistent/spm.model")
+  import tasks.all  # pylint: disable=g-import-not-at-top
+  importlib.reload(tasks.all)
+  names = set(seqio.TaskRegistry.names())
+  for name in ("switch_mtf_embedded_span_corruption", "c4_span_corruption",
+               "glue_rte", "super_glue_rte", "squad_v1_1"):
+    assert name in names, name
+  vocabulary = seqio.get_mixture_or_task("glue_rte").output_features[
+      "targets"].vocabulary
+  with pytest.raises(ConfigError, match="/nonexistent/spm.model"):
+    vocabulary.encode("hello")
