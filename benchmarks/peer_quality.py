@@ -183,6 +183,11 @@ def main():
   parser.add_argument("--peer_stacked", action="store_true",
                       help="HF side: Adafactor's parameter scale and "
                       "clipping over all experts of a layer together")
+  parser.add_argument("--corpus", choices=["default", "before"],
+                      default="default",
+                      help="the embedded corpus: today's default (held-out "
+                      "articles) or the one before issue 14 (held-out "
+                      "entities, 2 articles per entity)")
   parser.add_argument("--name", default="peer")
   parser.add_argument("--output_dir",
                       default=os.path.join(HERE, "results", "peer_quality"))
@@ -191,12 +196,15 @@ def main():
   models = args.model or ["models/small/dense", "models/small/switch_8"]
   started = time.time()
   tf.disable_eager_execution()
-  task = embedded.register()
+  # The corpus before issue 14 (benchmarks/miniature_search.py's BEFORE).
+  task = embedded.register(**(dict(docs_per_entity=2, holdout="entities",
+                                   validation_every=50)
+                              if args.corpus == "before" else {}))
   config.parse([models[0], "layouts/cpu_1"])
   lengths = config.query("utils.run.sequence_length")
   examples = evaluation.fixed_examples(task.name, "validation", lengths)
-  batches_path = os.path.join(args.runs_dir, "batches_seed%d_%d.npz" % (
-      args.seed, args.steps))
+  batches_path = os.path.join(args.runs_dir, "batches_%s_seed%d_%d.npz" % (
+      args.corpus, args.seed, args.steps))
   if os.path.exists(batches_path):
     batches = dict(np.load(batches_path))
   else:

@@ -285,6 +285,17 @@ def check_hf_weights(entries, reader, tied):
             "config/weights mismatch: %s has shape %s but config.json "
             "implies %s" % (name, list(reader.shape(name)),
                             list(entry.hf_shape())))
+  # switch_mtf's models (Mesh TF's bitransformer) read one input embedding
+  # table for both stacks.  Hugging Face files may hold copies of it
+  # (transformers 5 keeps three separate tables in untied models): a copy
+  # that differs cannot be converted exactly, so it is refused, not skipped.
+  for copy in _TIED_COPIES:
+    if copy in names and not np.array_equal(reader.get(copy),
+                                            reader.get("shared.weight")):
+      raise ConfigError(
+          "%s differs from shared.weight: switch_mtf's models share one input "
+          "embedding table between the encoder and the decoder, so this "
+          "checkpoint cannot be converted exactly" % copy)
   ignorable = set(_TIED_COPIES) | ({"lm_head.weight"} if tied else set())
   extra = sorted(names - wanted - ignorable)
   if extra:
@@ -527,6 +538,13 @@ def export_hf(model_dir, hf_dir, expert_capacity=None,
     for e, name in enumerate(entry.hf):
       plan.append((name, entry.hf_shape()))
       sources[name] = (entry, e)
+  if not arch.tied:
+    # Untied, transformers 5 reads the stacks' input embeddings from their
+    # own tensors (missing ones would be initialized at random): the same
+    # table under each name.
+    for copy in _TIED_COPIES:
+      plan.append((copy, sources["shared.weight"][0].hf_shape()))
+      sources[copy] = sources["shared.weight"]
 
   def produce(name):
     entry, e = sources[name]

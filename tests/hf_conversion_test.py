@@ -74,6 +74,13 @@ def _hf_model(path, gated=False, seed=0, **overrides):
         else:
           mlp_layer.mlp = gated_ffn()
     model.eval()
+  if not params.get("tie_word_embeddings", True):
+    # transformers 5 initializes the stacks' input embeddings apart from
+    # ``shared`` in untied models; a real (T5X / Mesh TF) checkpoint holds
+    # one table, which is what the copies carry.
+    with torch.no_grad():
+      for stack in (model.encoder, model.decoder):
+        stack.embed_tokens.weight.copy_(model.shared.weight)
   model.save_pretrained(path)
   if gated:
     with open(os.path.join(path, "config.json")) as f:
@@ -200,9 +207,10 @@ def test_import_then_export_gives_back_every_tensor(tmp_path, gated):
   assert os.path.isfile(str(tmp_path / "back" /
                             "model.safetensors.index.json"))
   original, back = _state(hf_dir), _state(str(tmp_path / "back"))
-  tied = {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight"}
-  if not gated:
-    tied.add("lm_head.weight")
+  # Tied, the copies of the shared table are left out (Hugging Face ties
+  # them); untied, every tensor is written.
+  tied = ({"encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
+           "lm_head.weight"} if not gated else set())
   assert set(back) == set(original) - tied
   for name, value in back.items():
     np.testing.assert_array_equal(value, original[name], err_msg=name)
@@ -406,3 +414,35 @@ def test_released_configs_map_onto_our_released_presets(preset, hub_config):
   paper = hf_conversion.gin_bindings(arch, routing="paper")
   assert not [b for b in paper if "route_per_sequence" in b
               or "expert_capacity" in b]
+
+
+def test_untied_checkpoints_convert_exactly_both_ways(tmp_path):
+  """Untied (T5 v1.1-style, as switch-xxl): the export loads into Hugging
+  Face with no missing tensor and gives the original model's outputs; an
+  input embedding copy that differs from ``shared`` is refused in one
+  line, not skipped."""
+  hf_dir = str(tmp_path / "hf")
+  model = _hf_model(hf_dir, tie_word_embeddings=False, expert_capacity=64)
+  hf_conversion.import_hf(hf_dir, str(tmp_path / "ours"),
+                          out=lambda line: None)
+  hf_conversion.export_hf(str(tmp_path / "ours"), str(tmp_path / "back"),
+                          out=lambda line: None)
+  back, info = (
+      transformers.SwitchTransformersForConditionalGeneration.from_pretrained(
+          str(tmp_path / "back"), output_loading_info=True))
+  assert not info["missing_keys"], info["missing_keys"]
+  inputs, targets = _batch()
+  expected = _hf_outputs(model, inputs, targets)
+  got = _hf_outputs(back.eval(), inputs, targets)
+  for want, have in zip(expected[:2], got[:2]):
+    np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-6)
+
+  damaged = str(tmp_path / "damaged")
+  with torch.no_grad():
+    model.decoder.embed_tokens.weight.add_(0.01)
+  model.save_pretrained(damaged)
+  with pytest.raises(ConfigError, match="decoder.embed_tokens.weight differs "
+                     "from shared.weight"):
+    hf_conversion.import_hf(damaged, str(tmp_path / "refused"),
+                            out=lambda line: None)
+  assert not os.path.exists(str(tmp_path / "refused"))
