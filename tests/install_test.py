@@ -1,0 +1,51 @@
+"""A non-editable install (issue 18): a wheel carries the gin tree, the
+tasks and the compatibility hook; installed without dependencies into a
+scratch folder (the environment's packages serve as the dependencies), its
+`switch-mtf` describes a preset and trains a few steps."""
+import os
+import subprocess
+import sys
+import zipfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(args, **kwargs):
+  result = subprocess.run(args, capture_output=True, text=True, check=False,
+                          **kwargs)
+  assert result.returncode == 0, (args, result.stdout[-2000:],
+                                  result.stderr[-3000:])
+  return result
+
+
+def test_wheel_installs_and_runs_without_the_checkout(tmp_path):
+  wheels = tmp_path / "wheels"
+  _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+        "-q", "-w", str(wheels), ROOT])
+  (wheel,) = wheels.glob("switch_mtf-*.whl")
+  names = zipfile.ZipFile(wheel).namelist()
+  for name in ("switch_mtf/gin/models/small/switch_8.gin",
+               "switch_mtf/gin/layouts/cpu_1.gin", "tasks/all.py",
+               "switch_mtf_compat.pth"):
+    assert name in names, name
+  target = tmp_path / "site"
+  _run([sys.executable, "-m", "pip", "install", "--no-deps", "-q",
+        "--target", str(target), str(wheel)])
+  # The installed copy, not the checkout (run from elsewhere, first on the
+  # path).
+  env = dict(os.environ, PYTHONPATH=str(target))
+  where = _run([sys.executable, "-c", "import switch_mtf, tasks; "
+                "print(switch_mtf.__file__); print(tasks.__file__)"],
+               env=env, cwd=str(tmp_path)).stdout.split()
+  assert all(path.startswith(str(target)) for path in where), where
+  cli = [sys.executable, "-m", "switch_mtf.cli"]
+  info = _run(cli + ["info", "--gin_file=models/small/switch_8"], env=env,
+              cwd=str(tmp_path))
+  assert "experts" in info.stdout
+  trained = _run(cli + ["train", "--gin_file=models/small/switch_8",
+                        "--gin_file=layouts/cpu_1", "--model_dir",
+                        str(tmp_path / "model"), "--steps", "2",
+                        "--save_checkpoints_steps", "2"],
+                 env=env, cwd=str(tmp_path))
+  assert os.path.exists(str(tmp_path / "model" / "model.ckpt-2.index")), (
+      trained.stdout[-2000:])
