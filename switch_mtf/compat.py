@@ -62,9 +62,10 @@ Patches:
      is a truncated normal (re-drawn beyond 2 std) with std sqrt(s/fan_in).
      The attention module now sees a ``tf`` whose
      ``random_normal_initializer(stddev)`` is
-     ``truncated_normal_initializer(stddev * sqrt(s))`` with s from gin, as
-     Mesh TF's own VarianceScalingInitializer draws (scale 1.0 keeps
-     Mesh TF's std).  Embeddings keep std 1.0 (as T5 and flaxformer).
+     ``truncated_normal_initializer(stddev * sqrt(s))`` with s from gin
+     (``models.attention_init_scale``: the modelling choice lives there;
+     by default the VarianceScalingInitializer scale), as Mesh TF's own
+     VarianceScalingInitializer draws (scale 1.0 keeps Mesh TF's std).  Embeddings keep std 1.0 (as T5 and flaxformer).
 """
 import importlib.abc
 import importlib.util
@@ -282,9 +283,9 @@ class _TfWithScaledAttentionInit(object):
 
   def random_normal_initializer(self, mean=0.0, stddev=1.0, seed=None,
                                 dtype=None):
-    import mesh_tensorflow as mtf  # pylint: disable=g-import-not-at-top
+    from switch_mtf import models  # pylint: disable=g-import-not-at-top
     del dtype
-    scale = mtf.layers.VarianceScalingInitializer().scale  # gin-configured
+    scale = models.attention_init_scale()  # gin-configured
     return self._tf.truncated_normal_initializer(
         mean=mean, stddev=stddev * scale ** 0.5, seed=seed)
 

@@ -18,6 +18,7 @@ of the released checkpoints: Hugging Face's ``sparse_step`` 2, flaxformer's
 MIXED); ``1`` makes all of them sparse (Switch-C); ``0`` none.
 """
 import gin
+import mesh_tensorflow as mtf
 from mesh_tensorflow.transformer import transformer
 from mesh_tensorflow.transformer import transformer_layers
 from mesh_tensorflow.transformer import utils as mtf_utils
@@ -51,6 +52,20 @@ class SparseLayerStack(transformer.LayerStack):
         replaced.append(layer)
       layers_list = replaced
     super(SparseLayerStack, self).__init__(layers_list, **kwargs)
+
+
+@gin.configurable
+def attention_init_scale(scale=None):
+  """The init scale s of Mesh TF's attention kernels: truncated normals with
+  std sqrt(s / fan_in) (q also x d_kv^-1/2).  None (the default): the scale
+  of every other weight matrix, ``VarianceScalingInitializer.scale`` (paper
+  §2.4: 0.1 for all of them).  Upstream Mesh TF, which the paper's
+  experiments ran on, hard-codes s = 1 for attention whatever the gin scale
+  says; ``attention_init_scale.scale = 1.0`` reproduces that.  Read by the
+  attention module's initializer (compat patch 10)."""
+  if scale is None:
+    return mtf.layers.VarianceScalingInitializer().scale
+  return scale
 
 
 def build_model(model_type, vocab_size, layout=None, mesh_shape=None):

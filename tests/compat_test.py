@@ -64,10 +64,16 @@ def test_attention_kernels_follow_the_gin_init_scale():
   from mesh_tensorflow.transformer import attention  # pylint: disable=g-import-not-at-top
   from switch_mtf import mesh_program  # pylint: disable=g-import-not-at-top
   kernels = {}
-  for scale in (0.1, 1.0):
+  # case: (the attention kernels' scale, the gin bindings)
+  everywhere = "mesh_tensorflow.layers.VarianceScalingInitializer.scale"
+  cases = {"0.1": (0.1, {everywhere: 0.1}), "1.0": (1.0, {everywhere: 1.0}),
+           # Upstream Mesh TF's attention init with 0.1 everywhere else.
+           "attention 1.0": (1.0, {everywhere: 0.1,
+                                   "attention_init_scale.scale": 1.0})}
+  for case, (_, bindings) in cases.items():
     gin.clear_config()
-    gin.bind_parameter(
-        "mesh_tensorflow.layers.VarianceScalingInitializer.scale", scale)
+    for name, value in bindings.items():
+      gin.bind_parameter(name, value)
     with mesh_program.MeshProgram() as p:
       d_model = mtf.Dimension("d_model", 256)
       kv = mtf.Dimension("d_kv", 64)
@@ -75,11 +81,12 @@ def test_attention_kernels_follow_the_gin_init_scale():
           p.mesh, d_model, d_model, d_model, kv, kv,
           [mtf.Dimension("heads", 4)], [mtf.Dimension("heads", 4)],
           mesh_program.FLOAT32)
-      kernels[scale] = p.run({"k": params.wk, "q": params.wq,
-                              "o": params.wo})
+      kernels[case] = p.run({"k": params.wk, "q": params.wq,
+                             "o": params.wo})
   gin.clear_config()
   truncated = 0.8796   # std of a normal truncated at 2 std
-  for scale, values in kernels.items():
+  for case, values in kernels.items():
+    scale = cases[case][0]
     for name, fan_in in (("k", 256), ("o", 256), ("q", 256 * 64)):
       sigma = (scale / fan_in) ** 0.5
       assert np.std(values[name]) == pytest.approx(truncated * sigma,
