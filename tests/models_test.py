@@ -69,8 +69,19 @@ def test_switch_xxl_uses_128_experts_at_every_other_layer():
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_parses_and_builds(preset):
   config.parse([preset])
-  model = models.build_model(config.query("utils.run.model_type"), 32100)
-  assert models.stacks(model)
+  model_type = config.query("utils.run.model_type")
+  model = models.build_model(model_type, 32100)
+  names = [name for name, _ in models.stacks(model)]
+  assert names == (["encoder", "decoder"] if model_type == "bitransformer"
+                   else ["decoder"])
+  for _, stack in models.stacks(model):
+    assert stack.model_dim.size == config.query("%d_model")
+    kinds = [type(layer).__name__ for layer in stack.layer_stack._layers]  # pylint: disable=protected-access
+    # One feed-forward (dense or Switch) per block, every block attends.
+    assert (kinds.count("DenseReluDense") + kinds.count("SwitchFFN")
+            == config.query("%num_layers")), kinds
+    assert kinds.count("SelfAttention") + kinds.count(
+        "SwitchSelfAttention") == config.query("%num_layers"), kinds
 
 
 def test_small_presets_are_flop_matched():

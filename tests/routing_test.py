@@ -200,6 +200,8 @@ def test_same_seed_same_jitter():
   a = helpers.run_switch(tokens, config, router, train=True, seed=11)
   b = helpers.run_switch(tokens, config, router, train=True, seed=11)
   np.testing.assert_array_equal(a["logits"], b["logits"])
+  other = helpers.run_switch(tokens, config, router, train=True, seed=12)
+  assert not np.array_equal(a["logits"], other["logits"])
 
 
 @pytest.mark.parametrize("policy", ["input_dropout", "sample"])

@@ -116,7 +116,12 @@ def test_sigkill_then_resume_gives_the_uninterrupted_losses(trained,
   start = max(int(f.split("-")[1].split(".")[0])
               for f in os.listdir(model_dir) if f.endswith(".index"))
   if start + 2 > max(reference):
-    pytest.skip("the killed run got past step %d before the kill" % start)
+    # The kill came late (a slow machine): extend the uninterrupted
+    # reference rather than skip.
+    longer = helpers.cli(*TRAIN, "--model_dir", str(tmp_path / "reference"),
+                         "--steps", str(start + 2))
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    reference = helpers.losses(longer.stdout)
   resumed = helpers.cli(*TRAIN, "--model_dir", model_dir, "--steps",
                         str(start + 2), "--save_checkpoints_steps", "1")
   assert resumed.returncode == 0, resumed.stderr[-3000:]
