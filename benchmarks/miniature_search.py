@@ -54,6 +54,11 @@ CONFIGS = {
                                    "embedded", 8, 2000,
                                    [(DENSE, ()), (S8, ())]),
     "articles_batch_32": ({}, "bytes", 32, 1000, [(DENSE, ()), (S8, ())]),
+    # Upstream Mesh TF's attention init (std fan_in^-1/2, which the paper's
+    # code had whatever the gin scale) with the paper's 0.1 elsewhere.
+    "articles/attention_init_1": ({}, "bytes", 8, 2000, [
+        (DENSE, ("attention_init_scale.scale = 1.0",)),
+        (S8, ("attention_init_scale.scale = 1.0",))]),
     # More epochs over fewer facts (about 6 epochs): memorisation can pay.
     "articles_1000_entities_6000_steps": (dict(num_cities=400,
                                                num_people=600),
