@@ -52,33 +52,33 @@ def resolve(gin_file):
                                       gin_dir()))
 
 
-def parse(gin_files=(), gin_params=(), finalize=False):
+_SEARCHED = set()   # the directories added to gin's search path
+
+
+def parse(gin_files=(), gin_params=()):
   """Clears gin and parses defaults, files and params.
 
   Raises ConfigError with one line for unknown names, bad values and
   missing files.
   """
   gin.clear_config(clear_constants=True)
-  paths = [resolve(f) for f in gin_files]
-  # gin looks for ``include``d files under the current directory first and
-  # logs an error for every miss; parsing from inside gin/ finds ours first.
-  cwd = os.getcwd()
-  gin.add_config_file_search_path(cwd)
-  os.chdir(gin_dir())
+  paths = [os.path.abspath(resolve(f)) for f in gin_files]
+  # ``include 'models/common.gin'`` inside our presets: gin tries the
+  # current directory first, then the search paths (without changing the
+  # process's working directory).
+  if gin_dir() not in _SEARCHED:
+    gin.add_config_file_search_path(gin_dir())
+    _SEARCHED.add(gin_dir())
   try:
     gin.parse_config_file(mesh_defaults_path())
     for path in paths:
-      gin.parse_config_file(os.path.join(cwd, path))
+      gin.parse_config_file(path)
     gin.parse_config(list(gin_params))
-    if finalize:
-      gin.finalize()
   except ConfigError:
     raise
   except (ValueError, KeyError, ImportError, IOError, SyntaxError) as e:
     first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
     raise ConfigError("bad gin configuration: %s" % first) from None
-  finally:
-    os.chdir(cwd)
 
 
 def query(name, default=None):

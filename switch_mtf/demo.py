@@ -13,8 +13,8 @@ import json
 import os
 
 from switch_mtf import config
+from switch_mtf import router_summaries
 from switch_mtf import run as run_lib
-from switch_mtf import training
 from switch_mtf.errors import ConfigError
 from tasks import embedded
 
@@ -45,7 +45,7 @@ def run(steps=600, num_devices=2, num_experts=8, seed=0,
   nlp, examples, tokens = run_lib.neg_log_perplexity(model, task.name)
   loads = {scope: {"max": round(m["max_expert_load"], 4),
                    "min": round(m["min_expert_load"], 4)}
-           for scope, m in training.router_metrics_by_layer(
+           for scope, m in router_summaries.by_layer(
                progress.last_values).items()}
   history = progress.history
   summary = dict(

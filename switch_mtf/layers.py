@@ -21,7 +21,6 @@ it carries them to the next layer unchanged.
 """
 import dataclasses
 import typing
-import weakref
 
 import gin
 import mesh_tensorflow as mtf
@@ -32,6 +31,7 @@ from switch_mtf import capacity as capacity_lib
 from switch_mtf import dispatch as dispatch_lib
 from switch_mtf import experts as experts_lib
 from switch_mtf import layout as layout_lib
+from switch_mtf import router_summaries
 from switch_mtf import routing
 from switch_mtf.errors import ConfigError
 
@@ -129,15 +129,6 @@ class SwitchConfig:
                 else self.capacity_factor_eval)
     return capacity_lib.expert_capacity(group_size, self.num_experts, factor,
                                         self.min_expert_capacity)
-
-
-# Router metrics of every Switch layer built in an mtf.Graph, by layer name.
-_ROUTER_METRICS = weakref.WeakKeyDictionary()
-
-
-def router_metrics(graph):
-  """``{layer_name: {metric_name: mtf.Tensor}}`` for the layers in ``graph``."""
-  return dict(_ROUTER_METRICS.get(graph, {}))
 
 
 def switch_feed_forward(x, config, router, train, variable_dtype,
@@ -241,28 +232,11 @@ def switch_feed_forward(x, config, router, train, variable_dtype,
         config.expert_dropout_rate, train, variable_dtype, config.init_scale)
   outputs = dispatcher.combine(expert_outputs)
   outputs = mtf.reshape(outputs, batch_and_length_dims + [output_dim])
-  scope = tf.get_variable_scope().name
-  _ROUTER_METRICS.setdefault(x.mesh.graph, {})[scope] = result.metrics
+  router_summaries.record(x.mesh.graph, tf.get_variable_scope().name,
+                          result.metrics)
   if train:
-    _summarize(result.metrics, config.summarize_expert_load)
+    router_summaries.write(result.metrics, config.summarize_expert_load)
   return outputs, result
-
-
-def _summarize(metrics, per_expert=False):
-  """Router health as mtf scalar summaries, as upstream moe.py does; the
-  op names carry the layer's scope (".../SwitchFFN/router/aux_loss").  They
-  reach TensorBoard through the train driver (see compat.py)."""
-  for name, value in metrics.items():
-    if name == "expert_load":
-      mtf.scalar_summary("router/max_expert_load", mtf.reduce_max(value))
-      mtf.scalar_summary("router/min_expert_load", -mtf.reduce_max(-value))
-      experts_dim = value.shape.dims[0]
-      for i in range(experts_dim.size if per_expert else 0):
-        share = mtf.slice(value, i, 1, experts_dim.name)
-        mtf.scalar_summary("router/expert_load_%02d" % i,
-                           mtf.reduce_sum(share))
-    else:
-      mtf.scalar_summary("router/" + name, value)
 
 
 @gin.configurable

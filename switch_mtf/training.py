@@ -23,6 +23,7 @@ import tensorflow.compat.v1 as tf
 
 from switch_mtf import compat
 from switch_mtf import model_dir
+from switch_mtf import router_summaries
 from switch_mtf.errors import ConfigError
 
 
@@ -71,40 +72,6 @@ def _format_duration(seconds):
   if seconds >= 3600:
     return "%dh%02dm" % (seconds // 3600, seconds % 3600 // 60)
   return "%dm%02ds" % (seconds // 60, seconds % 60)
-
-
-def mean_over_layers(scalars, metric):
-  """Mean of ``.../router/<metric>`` over the Switch layers (None if none)."""
-  found = [v for k, v in scalars.items() if k.endswith("/router/" + metric)]
-  return sum(found) / len(found) if found else None
-
-
-def router_metrics_by_layer(scalars):
-  """``{".../SwitchFFN/router/<metric>": value}`` ->
-  ``{".../SwitchFFN": {metric: value}}``."""
-  layers = {}
-  for tag, value in scalars.items():
-    scope, _, metric = tag.rpartition("/router/")
-    if scope:
-      layers.setdefault(scope, {})[metric] = value
-  return layers
-
-
-def router_health_lines(scalars):
-  """One line per Switch layer from ``{".../router/<metric>": value}``."""
-  layers = router_metrics_by_layer(scalars)
-  lines = []
-  for scope in sorted(layers):
-    m = layers[scope]
-    lines.append(
-        "  router %s: dropped %.2f%%, expert load max %.3f min %.3f, "
-        "entropy %.3f, aux %.3f" % (
-            scope, 100 * m.get("fraction_dropped", float("nan")),
-            m.get("max_expert_load", float("nan")),
-            m.get("min_expert_load", float("nan")),
-            m.get("router_entropy", float("nan")),
-            m.get("aux_loss", float("nan"))))
-  return lines
 
 
 class StepOrderHook(tf.train.SessionRunHook):
@@ -177,14 +144,15 @@ class ProgressHook(tf.train.SessionRunHook):
                                                           1e-9)
     self._time, self._window_start = now, self._step
     remaining = (self._last_step - self._step) / max(steps_per_s, 1e-9)
-    aux = mean_over_layers(values, "aux_loss")
+    aux = router_summaries.mean_over_layers(values, "aux_loss")
     loss = values.get("loss", float("nan"))
     self.last_values = values
     self.history.append(dict(
         step=self._step, loss=loss, mean_loss=mean_loss,
         seconds=now - self._start_time, aux_loss=aux,
-        fraction_dropped=mean_over_layers(values, "fraction_dropped"),
-        router=router_metrics_by_layer(values)))
+        fraction_dropped=router_summaries.mean_over_layers(
+            values, "fraction_dropped"),
+        router=router_summaries.by_layer(values)))
     self._out("step %d/%d  loss %.4f  aux %s  %.2f steps/s  %.0f tokens/s  "
               "ETA %s" % (
                   self._step, self._last_step, loss,
@@ -193,7 +161,7 @@ class ProgressHook(tf.train.SessionRunHook):
                   _format_duration(remaining)))
     if self._router_every and (self._step % self._router_every == 0
                                or self._step == self._last_step):
-      for line in router_health_lines(values):
+      for line in router_summaries.health_lines(values):
         self._out(line)
 
   def end(self, session):

@@ -8,6 +8,7 @@ from switch_mtf import config
 from switch_mtf import layers
 from switch_mtf import mesh_program
 from switch_mtf import models
+from switch_mtf import router_summaries
 
 VOCAB = 64
 PARAMS = [
@@ -36,7 +37,7 @@ def test_switch_attention_lm_trains_on_two_devices_and_counts_right():
     loss = _lm_loss(p, layout, mesh_shape)
     variables = p.graph.trainable_variables
     built = {v.name: [d.size for d in v.shape.dims] for v in variables}
-    routers = layers.router_metrics(p.graph)
+    routers = router_summaries.tensors_by_layer(p.graph)
     grads = mtf.gradients([loss], [v.outputs[0] for v in variables])
     updates = mtf.optimize.AdafactorOptimizer(
         learning_rate=0.02).apply_grads(grads, variables)

@@ -9,8 +9,9 @@ import pytest
 
 import helpers
 from switch_mtf import layers
-from switch_mtf import routing
 from switch_mtf import mesh_program
+from switch_mtf import router_summaries
+from switch_mtf import routing
 
 MESH, LAYOUT = "batch:2", "batch:batch,experts:batch"
 VOCAB, LENGTH, BATCH = 16, 16, 8
@@ -50,7 +51,7 @@ def test_aux_loss_is_part_of_the_total_loss():
   for coef in (0.0, 0.01):
     with mesh_program.MeshProgram(MESH, LAYOUT, seed=5) as p:
       loss = _build_lm(p, coef)
-      metrics = layers.router_metrics(p.graph)
+      metrics = router_summaries.tensors_by_layer(p.graph)
       assert len(metrics) == 1
       (layer_metrics,) = metrics.values()
       totals[coef] = p.run({"loss": loss, "aux": layer_metrics["aux_loss"]})

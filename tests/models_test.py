@@ -239,3 +239,10 @@ def test_same_loss_on_one_device_and_four_way_expert_parallel():
     loss = _model_loss(p, None, 8, layout, mesh_shape)
     four = p.run({"loss": loss}, variable_values=one["variables"])
   assert float(four["loss"]) == pytest.approx(float(one["loss"]), rel=1e-5)
+
+
+def test_parsing_a_preset_keeps_the_working_directory(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  config.parse(["models/small/switch_8", "layouts/cpu_ep_2"])
+  assert os.getcwd() == str(tmp_path)
+  assert config.query("SwitchFFN.num_experts") == 8   # its include found
