@@ -59,8 +59,9 @@ setuptools.setup(
     version="0.1.0",
     description="Switch Transformer (Fedus, Zoph & Shazeer 2021) on Mesh "
                 "TensorFlow",
-    packages=setuptools.find_packages(
-        include=["switch_mtf", "switch_mtf.*", "tasks", "tasks.*"]),
+    # tasks/ is installed as switch_mtf.tasks (switch_mtf/tasks links to it),
+    # not as a generic top-level package "tasks".
+    packages=setuptools.find_packages(include=["switch_mtf", "switch_mtf.*"]),
     python_requires=">=3.10,<3.12",
     install_requires=INSTALL_REQUIRES,
     extras_require={

@@ -17,8 +17,8 @@ import switch_mtf  # noqa: F401  (compat patches before Mesh TF)
 import tensorflow.compat.v1 as tf
 
 from switch_mtf import experiments
-from tasks import embedded
-from tasks import vocabularies
+from switch_mtf.tasks import embedded
+from switch_mtf.tasks import vocabularies
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BEFORE = dict(docs_per_entity=2, holdout="entities", validation_every=50)

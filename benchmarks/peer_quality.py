@@ -34,7 +34,7 @@ from switch_mtf import evaluation
 from switch_mtf import experiments
 from switch_mtf import hf_conversion
 from switch_mtf import hf_peer
-from tasks import embedded
+from switch_mtf.tasks import embedded
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

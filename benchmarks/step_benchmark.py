@@ -86,7 +86,7 @@ def _hf_speed(model, steps, activation):
   from switch_mtf import hf_conversion  # pylint: disable=g-import-not-at-top
   from switch_mtf import hf_peer  # pylint: disable=g-import-not-at-top
   from switch_mtf import run as run_lib  # pylint: disable=g-import-not-at-top
-  from tasks import embedded  # pylint: disable=g-import-not-at-top
+  from switch_mtf.tasks import embedded  # pylint: disable=g-import-not-at-top
   tf.disable_eager_execution()
   task = embedded.register()
   config.parse([model, "layouts/cpu_1"], ACTIVATIONS[activation])
@@ -129,7 +129,7 @@ def _evaluation_seconds(model):
   import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
   from switch_mtf import config  # pylint: disable=g-import-not-at-top
   from switch_mtf import run as run_lib  # pylint: disable=g-import-not-at-top
-  from tasks import embedded  # pylint: disable=g-import-not-at-top
+  from switch_mtf.tasks import embedded  # pylint: disable=g-import-not-at-top
   tf.disable_eager_execution()
   task = embedded.register()
   config.parse([model, "layouts/cpu_1"])
@@ -153,7 +153,7 @@ def _profile(model, layout, activation, steps=20, params=()):
   import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
   from switch_mtf import config  # pylint: disable=g-import-not-at-top
   from switch_mtf import run as run_lib  # pylint: disable=g-import-not-at-top
-  from tasks import embedded  # pylint: disable=g-import-not-at-top
+  from switch_mtf.tasks import embedded  # pylint: disable=g-import-not-at-top
   tf.disable_eager_execution()
   task = embedded.register()
   config.parse([model, layout], ACTIVATIONS[activation] + list(params))

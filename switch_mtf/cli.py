@@ -65,7 +65,7 @@ def _run_setup(args):
   from switch_mtf import run  # pylint: disable=g-import-not-at-top
   import importlib  # pylint: disable=g-import-not-at-top
   _set_up_tensorflow()
-  import tasks.local  # pylint: disable=g-import-not-at-top,unused-import
+  import switch_mtf.tasks.local  # pylint: disable=g-import-not-at-top,unused-import
   for name in args.module_import:
     try:
       importlib.import_module(name)
@@ -85,7 +85,7 @@ _TFDS_TASK_PREFIXES = ("c4_", "glue_", "super_glue_", "squad_")
 def _default_vocabulary(vocabulary, offline=False):
   """The named vocabulary; else T5's (TFDS tasks) or bytes (``offline``:
   the local-file tasks, which must work without a network)."""
-  from tasks import vocabularies  # pylint: disable=g-import-not-at-top
+  from switch_mtf.tasks import vocabularies  # pylint: disable=g-import-not-at-top
   if vocabulary:
     return vocabulary
   if offline:
@@ -97,12 +97,12 @@ def _register_tasks(args):
   """The embedded tasks, and (only when asked for) the TFDS ones of
   tasks/text_to_text.py (--vocabulary, --tfds_data_dir) or the local-file
   ones of tasks/local.py (files bound in gin: local_data.*)."""
-  from tasks import embedded  # pylint: disable=g-import-not-at-top
+  from switch_mtf.tasks import embedded  # pylint: disable=g-import-not-at-top
   vocabulary = None
   if args.vocabulary:
     from switch_mtf import config  # pylint: disable=g-import-not-at-top
-    from tasks import local  # pylint: disable=g-import-not-at-top
-    from tasks import vocabularies  # pylint: disable=g-import-not-at-top
+    from switch_mtf.tasks import local  # pylint: disable=g-import-not-at-top
+    from switch_mtf.tasks import vocabularies  # pylint: disable=g-import-not-at-top
 
     def local_texts():
       return local.training_texts(
@@ -114,11 +114,11 @@ def _register_tasks(args):
   embedded.register(vocabulary=vocabulary)
   embedded.register_closed_book_qa(vocabulary=vocabulary)
   if args.task.startswith(_TFDS_TASK_PREFIXES):
-    from tasks import text_to_text  # pylint: disable=g-import-not-at-top
+    from switch_mtf.tasks import text_to_text  # pylint: disable=g-import-not-at-top
     text_to_text.register_all(_default_vocabulary(vocabulary),
                               args.tfds_data_dir)
   if args.task.startswith("local_"):
-    from tasks import local  # pylint: disable=g-import-not-at-top
+    from switch_mtf.tasks import local  # pylint: disable=g-import-not-at-top
     local.register(_default_vocabulary(vocabulary, offline=True))
 
 
@@ -429,7 +429,7 @@ def _disk_full(error):
 
 def _report_bad_records():
   """One line per local task that skipped unreadable records."""
-  local = sys.modules.get("tasks.local")
+  local = sys.modules.get("switch_mtf.tasks.local")
   for counter in (local.COUNTERS.values() if local else ()):
     if counter.count:
       print("switch-mtf: %s" % counter.summary(), file=sys.stderr)

@@ -16,7 +16,7 @@ from switch_mtf import config
 from switch_mtf import router_summaries
 from switch_mtf import run as run_lib
 from switch_mtf.errors import ConfigError
-from tasks import embedded
+from switch_mtf.tasks import embedded
 
 
 def run(steps=600, num_devices=2, num_experts=8, seed=0,

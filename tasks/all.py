@@ -1,7 +1,7 @@
 """Importing this module registers every task of switch_mtf, as seqio's
-task modules do (``--module_import=tasks.all``, ``t5_mesh_transformer`` and your
-own code); importing it again is harmless (a task of the same name is
-replaced).
+task modules do (``--module_import=switch_mtf.tasks.all`` for
+``t5_mesh_transformer``, or your own code); importing it again is harmless
+(a task of the same name is replaced).
 
 - ``switch_mtf_embedded_span_corruption``, ``switch_mtf_embedded_closed_book_qa``:
   the embedded corpus, byte vocabulary (no file, no network).
@@ -18,9 +18,9 @@ is parsed after module imports: ``switch-mtf`` registers them itself.
 """
 import os
 
-from tasks import embedded
-from tasks import text_to_text
-from tasks import vocabularies
+from switch_mtf.tasks import embedded
+from switch_mtf.tasks import text_to_text
+from switch_mtf.tasks import vocabularies
 
 VOCABULARY = os.environ.get("SWITCH_MTF_VOCABULARY",
                             vocabularies.T5_VOCABULARY)

@@ -17,8 +17,8 @@ from t5.evaluation import metrics as t5_metrics
 import tensorflow.compat.v1 as tf
 
 from switch_mtf import corpus
-from tasks import text_to_text
-from tasks import vocabularies
+from switch_mtf.tasks import text_to_text
+from switch_mtf.tasks import vocabularies
 
 SPAN_CORRUPTION = "switch_mtf_embedded_span_corruption"
 CLOSED_BOOK_QA = "switch_mtf_embedded_closed_book_qa"

@@ -25,7 +25,7 @@ from t5.evaluation import metrics as t5_metrics
 import tensorflow.compat.v1 as tf
 
 from switch_mtf.errors import ConfigError
-from tasks import text_to_text
+from switch_mtf.tasks import text_to_text
 
 PRETRAINING = "local_span_corruption"
 TEXT_TO_TEXT = "local_text_to_text"

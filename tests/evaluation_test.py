@@ -8,7 +8,7 @@ import tensorflow.compat.v1 as tf
 from switch_mtf import config
 from switch_mtf import evaluation
 from switch_mtf import run
-from tasks import embedded
+from switch_mtf.tasks import embedded
 
 LENGTHS = {"inputs": 64, "targets": 16}
 MODEL = ["models/small/switch_8", "layouts/cpu_1"]

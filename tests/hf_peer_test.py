@@ -16,7 +16,7 @@ from switch_mtf import evaluation
 from switch_mtf import hf_conversion
 from switch_mtf import hf_peer
 from switch_mtf import run
-from tasks import embedded
+from switch_mtf.tasks import embedded
 
 LENGTHS = {"inputs": 64, "targets": 16}
 CAPACITY = {"encoder": 10, "decoder": 4}

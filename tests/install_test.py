@@ -25,17 +25,21 @@ def test_wheel_installs_and_runs_without_the_checkout(tmp_path):
   (wheel,) = wheels.glob("switch_mtf-*.whl")
   names = zipfile.ZipFile(wheel).namelist()
   for name in ("switch_mtf/gin/models/small/switch_8.gin",
-               "switch_mtf/gin/layouts/cpu_1.gin", "tasks/all.py",
+               "switch_mtf/gin/layouts/cpu_1.gin", "switch_mtf/tasks/all.py",
                "switch_mtf_compat.pth"):
     assert name in names, name
+  # The tasks live under the project's namespace, not as a top-level
+  # package called "tasks".
+  assert not [n for n in names if n.startswith("tasks/")]
   target = tmp_path / "site"
   _run([sys.executable, "-m", "pip", "install", "--no-deps", "-q",
         "--target", str(target), str(wheel)])
   # The installed copy, not the checkout (run from elsewhere, first on the
   # path).
   env = dict(os.environ, PYTHONPATH=str(target))
-  where = _run([sys.executable, "-c", "import switch_mtf, tasks; "
-                "print(switch_mtf.__file__); print(tasks.__file__)"],
+  where = _run([sys.executable, "-c",
+                "import switch_mtf, switch_mtf.tasks.all as t; "
+                "print(switch_mtf.__file__); print(t.__file__)"],
                env=env, cwd=str(tmp_path)).stdout.split()
   assert all(path.startswith(str(target)) for path in where), where
   cli = [sys.executable, "-m", "switch_mtf.cli"]

@@ -8,7 +8,7 @@ import seqio
 import tensorflow_datasets as tfds
 
 from switch_mtf.errors import ConfigError
-from tasks import local
+from switch_mtf.tasks import local
 
 VOCAB = seqio.ByteVocabulary(extra_ids=100)
 GOOD = ["The city of Kistaezi lies on the Fekiol river.",

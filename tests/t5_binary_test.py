@@ -1,7 +1,7 @@
 """T5's own command, t5_mesh_transformer, from the project's environment:
 T5's flags and dataset.gin, our gin presets and layouts, our tasks through
---module_import=tasks.all; the checkpoint it writes then evaluates with
-switch-mtf (issue 18)."""
+--module_import=switch_mtf.tasks.all; the checkpoint it writes then
+evaluates with switch-mtf (issue 18)."""
 import os
 import subprocess
 import sys
@@ -24,7 +24,7 @@ def test_t5_binary_trains_our_switch_model_then_switch_mtf_evaluates(
        "--gin_param=MIXTURE_NAME = 'switch_mtf_embedded_span_corruption'",
        "--gin_param=run.train_steps = 3",
        "--gin_param=run.save_checkpoints_steps = 3",
-       "--module_import=tasks.all", "--model_dir=" + model_dir],
+       "--module_import=switch_mtf.tasks.all", "--model_dir=" + model_dir],
       capture_output=True, text=True, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   reader = tf.train.load_checkpoint(os.path.join(model_dir, "model.ckpt-3"))

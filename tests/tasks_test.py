@@ -11,8 +11,8 @@ import tensorflow_datasets as tfds
 
 from switch_mtf import corpus
 from switch_mtf.errors import ConfigError
-from tasks import text_to_text
-from tasks import vocabularies
+from switch_mtf.tasks import text_to_text
+from switch_mtf.tasks import vocabularies
 
 
 @pytest.fixture(scope="module")
@@ -194,12 +194,12 @@ def test_benchmark_average_is_the_mean_of_task_means():
 
 def test_tasks_all_registers_every_task_without_reading_the_vocabulary(
     monkeypatch):
-  """``--module_import=tasks.all``: every task registered at import, the
-  vocabulary file untouched until a task is used (then one clear error)."""
+  """``--module_import=switch_mtf.tasks.all``: every task registered at
+  import, the vocabulary file untouched until a task is used (then one clear error)."""
   import importlib  # pylint: disable=g-import-not-at-top
   monkeypatch.setenv("SWITCH_MTF_VOCABULARY", "/nonexistent/spm.model")
-  import tasks.all  # pylint: disable=g-import-not-at-top
-  importlib.reload(tasks.all)
+  import switch_mtf.tasks.all  # pylint: disable=g-import-not-at-top
+  importlib.reload(switch_mtf.tasks.all)
   names = set(seqio.TaskRegistry.names())
   for name in ("switch_mtf_embedded_span_corruption", "c4_span_corruption",
                "glue_rte", "super_glue_rte", "squad_v1_1"):
