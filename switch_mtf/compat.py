@@ -65,7 +65,14 @@ Patches:
      ``truncated_normal_initializer(stddev * sqrt(s))`` with s from gin
      (``models.attention_init_scale``: the modelling choice lives there;
      by default the VarianceScalingInitializer scale), as Mesh TF's own
-     VarianceScalingInitializer draws (scale 1.0 keeps Mesh TF's std).  Embeddings keep std 1.0 (as T5 and flaxformer).
+     VarianceScalingInitializer draws (scale 1.0 keeps Mesh TF's std).
+     Embeddings keep std 1.0 (as T5 and flaxformer).
+  11. gin tries an ``include``d file under each search path in turn; its
+     resource reader logs ``ERROR:root:Path not found: ...`` for every path
+     where the file is not, although a later one has it (our presets'
+     ``include 'models/common.gin'`` misses the current directory first).
+     ``quiet_gin_search_misses()`` (called by ``config.parse``) drops those
+     records; a file found nowhere is still gin's IOError.
 """
 import importlib.abc
 import importlib.util
@@ -104,6 +111,27 @@ def _check_pkg_resources():
 
 _STEP_READS = weakref.WeakKeyDictionary()   # graph -> stable step tensor
 _SCALARS = weakref.WeakKeyDictionary()      # graph -> {tag: lowered scalar}
+
+
+class _DropGinSearchMisses(object):
+  """A logging filter (see 11)."""
+
+  def filter(self, record):
+    return not (record.getMessage().startswith("Path not found: ")
+                and record.pathname.replace(os.sep, "/").endswith(
+                    "gin/resource_reader.py"))
+
+
+_GIN_SEARCH_MISSES = _DropGinSearchMisses()
+
+
+def quiet_gin_search_misses():
+  """Drops gin's log line for an include not found under one search path
+  (see 11); idempotent."""
+  import logging  # pylint: disable=g-import-not-at-top
+  root = logging.getLogger()
+  if _GIN_SEARCH_MISSES not in root.filters:
+    root.addFilter(_GIN_SEARCH_MISSES)
 
 
 def stable_global_step():

@@ -13,6 +13,7 @@ import mesh_tensorflow as mtf
 import mesh_tensorflow.transformer.utils  # noqa: F401  (registers utils.run)
 import pkg_resources
 
+from switch_mtf import compat
 from switch_mtf.errors import ConfigError
 
 # Modules whose configurables our gin files name.
@@ -66,6 +67,7 @@ def parse(gin_files=(), gin_params=()):
   # ``include 'models/common.gin'`` inside our presets: gin tries the
   # current directory first, then the search paths (without changing the
   # process's working directory).
+  compat.quiet_gin_search_misses()
   if gin_dir() not in _SEARCHED:
     gin.add_config_file_search_path(gin_dir())
     _SEARCHED.add(gin_dir())

@@ -20,6 +20,7 @@ Dropped tokens get exactly 0 from this layer; the residual connection around
 it carries them to the next layer unchanged.
 """
 import dataclasses
+import inspect
 import typing
 
 import gin
@@ -239,6 +240,20 @@ def switch_feed_forward(x, config, router, train, variable_dtype,
   return outputs, result
 
 
+def _takes_switch_config(init):
+  """Gives ``init(self, *, router=None, **settings)`` the signature
+  ``(self, *, <SwitchConfig's fields with their defaults>, router=None)``,
+  so that gin knows (and checks) every setting while the defaults are
+  written once, in SwitchConfig."""
+  parameter = inspect.Parameter
+  init.__signature__ = inspect.Signature(
+      [parameter("self", parameter.POSITIONAL_OR_KEYWORD)]
+      + [parameter(field.name, parameter.KEYWORD_ONLY, default=field.default)
+         for field in dataclasses.fields(SwitchConfig)]
+      + [parameter("router", parameter.KEYWORD_ONLY, default=None)])
+  return init
+
+
 @gin.configurable
 class SwitchFFN(transformer.TransformerLayer):
   """Switch feed-forward layer for ``mesh_tensorflow.transformer`` stacks.
@@ -252,32 +267,11 @@ class SwitchFFN(transformer.TransformerLayer):
   becomes part of the total loss, as in Mesh TF.
   """
 
-  def __init__(self,
-               num_experts=8,
-               hidden_size=2048,
-               group_size=1024,
-               capacity_factor_train=1.25,
-               capacity_factor_eval=2.0,
-               min_expert_capacity=4,
-               drop_tokens_eval=True,
-               activation="relu",
-               expert_dropout_rate=0.0,
-               init_scale=0.1,
-               dispatch="einsum",
-               summarize_expert_load=False,
-               route_per_sequence=False,
-               expert_capacity=None,
-               router=None):
-    self.config = SwitchConfig(
-        num_experts=num_experts, hidden_size=hidden_size,
-        group_size=group_size, capacity_factor_train=capacity_factor_train,
-        capacity_factor_eval=capacity_factor_eval,
-        min_expert_capacity=min_expert_capacity,
-        drop_tokens_eval=drop_tokens_eval, activation=activation,
-        expert_dropout_rate=expert_dropout_rate, init_scale=init_scale,
-        dispatch=dispatch, summarize_expert_load=summarize_expert_load,
-        route_per_sequence=route_per_sequence,
-        expert_capacity=expert_capacity)
+  @_takes_switch_config
+  def __init__(self, *, router=None, **settings):
+    # ``settings``: SwitchConfig's fields, declared (with their defaults)
+    # there only; gin reads them from this method's signature.
+    self.config = SwitchConfig(**settings)
     if router is None:
       router = routing.SwitchRouter()
     elif isinstance(router, str):

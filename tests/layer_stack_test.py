@@ -73,3 +73,21 @@ def test_switch_lm_trains_on_two_devices():
   losses = [float(h["loss"]) for h in history]
   assert np.isfinite(losses).all()
   assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_switch_ffn_settings_are_switch_config_fields_with_its_defaults():
+  """SwitchConfig declares the settings once; gin sees each of them."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import gin  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  assert layers.SwitchFFN().config == layers.SwitchConfig()
+  gin.bind_parameter("SwitchFFN.expert_capacity", 7)
+  gin.bind_parameter("SwitchFFN.dispatch", "gather")
+  try:
+    layer = gin.get_configurable("SwitchFFN")()
+  finally:
+    gin.clear_config()
+  assert layer.config == dataclasses.replace(
+      layers.SwitchConfig(), expert_capacity=7, dispatch="gather")
+  with pytest.raises(ValueError, match="num_expert"):
+    gin.bind_parameter("SwitchFFN.num_expert", 4)
