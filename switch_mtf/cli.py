@@ -1,11 +1,11 @@
 """The ``switch-mtf`` command line."""
 import argparse
-import errno
 import json
 import os
-import re
 import sys
 
+from switch_mtf import errors
+from switch_mtf import text_files
 from switch_mtf.errors import ConfigError
 
 
@@ -34,8 +34,7 @@ def _reproduce(args):
   names = (args.experiments.split(",") if args.experiments
            else reproduction.QUICK_EXPERIMENTS if args.quick
            else reproduction.EXPERIMENTS)
-  setup = _run_setup(args)   # tasks for --task (e.g. local_span_corruption)
-  del setup
+  _prepare(args)   # gin, and the tasks --task needs (e.g. local_*)
   reproduction.reproduce(names, quick=args.quick,
                          output_dir=args.output_dir, task=args.task,
                          extra_params=args.gin_param, steps=args.steps)
@@ -59,8 +58,9 @@ def _info(args):
     print("\n".join(accounting.format_report(report)))
 
 
-def _run_setup(args):
-  """Parses gin and registers tasks; returns (run module, sequence length)."""
+def _prepare(args):
+  """Imports the --module_import modules, parses gin, registers the tasks
+  --task needs and checks that it exists."""
   from switch_mtf import config  # pylint: disable=g-import-not-at-top
   from switch_mtf import run  # pylint: disable=g-import-not-at-top
   import importlib  # pylint: disable=g-import-not-at-top
@@ -74,9 +74,15 @@ def _run_setup(args):
   config.parse(args.gin_file, args.gin_param)
   _register_tasks(args)
   run.check_task(args.task)
-  lengths = config.query("utils.run.sequence_length",
-                         {"inputs": 512, "targets": 114})
-  return run, lengths
+
+
+def _run_setup(args):
+  """``_prepare``; returns (the run module, the sequence lengths)."""
+  from switch_mtf import config  # pylint: disable=g-import-not-at-top
+  from switch_mtf import run  # pylint: disable=g-import-not-at-top
+  _prepare(args)
+  return run, config.query("utils.run.sequence_length",
+                           {"inputs": 512, "targets": 114})
 
 
 _TFDS_TASK_PREFIXES = ("c4_", "glue_", "super_glue_", "squad_")
@@ -206,8 +212,8 @@ def _train_and_eval(args):
 def _score(args):
   run, lengths = _run_setup(args)
   path, step = _checkpoint(run, args.model_dir)
-  inputs = _read_lines(args.inputs_file, "--inputs_file")
-  targets = _read_lines(args.targets_file, "--targets_file")
+  inputs = text_files.read_lines(args.inputs_file, "--inputs_file")
+  targets = text_files.read_lines(args.targets_file, "--targets_file")
   if len(inputs) != len(targets):
     raise ConfigError("--inputs_file has %d lines but --targets_file has %d: "
                       "give one target per input" % (len(inputs),
@@ -215,38 +221,9 @@ def _score(args):
   model = _user_model(run, args, lengths)
   _check_fits(run, model, args, path)
   scores = run.score_strings(model, inputs, targets, args.task, step)
-  _write_lines(args.output_file, ["%.6f" % s for s in scores])
+  text_files.write_lines(args.output_file, ["%.6f" % s for s in scores])
   print("wrote %d log-likelihoods (checkpoint of step %d) to %s"
         % (len(scores), step, args.output_file))
-
-
-def _read_lines(path, flag):
-  """The lines of a UTF-8 text file; one line if missing, unreadable or
-  empty."""
-  try:
-    with open(path, encoding="utf-8") as f:
-      lines = f.read().splitlines()
-  except FileNotFoundError:
-    raise ConfigError("%s=%s does not exist" % (flag, path)) from None
-  except (OSError, UnicodeDecodeError) as e:
-    raise ConfigError("%s=%s cannot be read as UTF-8 text (%s)" % (
-        flag, path, str(e).splitlines()[0][:100])) from None
-  if not lines:
-    raise ConfigError("%s=%s is empty: give one input per line" % (flag,
-                                                                    path))
-  return lines
-
-
-def _write_lines(path, lines):
-  """Writes ``lines`` (text, one per line) to ``path`` whole or not at all."""
-  directory = os.path.dirname(os.path.abspath(path))
-  if not os.path.isdir(directory):
-    raise ConfigError("cannot write %s: %s is not a directory" % (
-        path, directory))
-  partial = path + ".partial"
-  with open(partial, "w", encoding="utf-8") as f:
-    f.writelines(line + "\n" for line in lines)
-  os.replace(partial, path)
 
 
 def _finetune(args):
@@ -314,12 +291,12 @@ def _convert(args):
 def _predict(args):
   run, lengths = _run_setup(args)
   path, step = _checkpoint(run, args.model_dir)
-  inputs = _read_lines(args.input_file, "--input_file")
+  inputs = text_files.read_lines(args.input_file, "--input_file")
   model = _user_model(run, args, lengths)
   _check_fits(run, model, args, path)
   outputs = run.decode_strings(model, inputs, args.task, path,
                                beam_size=args.beam_size)
-  _write_lines(args.output_file, outputs)
+  text_files.write_lines(args.output_file, outputs)
   print("wrote %d decoded lines (checkpoint of step %d) to %s"
         % (len(outputs), step, args.output_file))
 
@@ -399,34 +376,6 @@ def _add_gin_flags(parser):
       help="gin binding (repeatable), e.g. 'SwitchFFN.num_experts = 16'")
 
 
-def _checkpoint_mismatch(error):
-  """One line for a checkpoint written by a different model, else None."""
-  text = str(error)
-  markers = ("Restoring from checkpoint failed", "not found in checkpoint",
-             "assign to variable with tensor with wrong shape")
-  if not any(m in text for m in markers):
-    return None
-  detail = [line.strip() for line in text.splitlines()
-            if any(m in line for m in markers[1:])]
-  return ("the checkpoint in --model_dir was written by a different model "
-          "(%s): use a new --model_dir, or the gin files it was trained with "
-          "(its operative_config.gin)" % (detail[0][:200] if detail
-                                          else "variables differ"))
-
-
-def _disk_full(error):
-  """One line for a write that found the disk full, else None."""
-  text = "%s %s" % (type(error).__name__, error)
-  if getattr(error, "errno", None) != errno.ENOSPC and (
-      "No space left on device" not in text):
-    return None
-  where = re.search(r"(/[^\s:;,']+)", text)
-  return ("no space left on the device%s: free some space, then run the "
-          "same command again (it resumes from the last good checkpoint, "
-          "which this run left intact)" % (
-              " writing " + os.path.dirname(where.group(1)) if where else ""))
-
-
 def _report_bad_records():
   """One line per local task that skipped unreadable records."""
   local = sys.modules.get("switch_mtf.tasks.local")
@@ -435,27 +384,8 @@ def _report_bad_records():
       print("switch-mtf: %s" % counter.summary(), file=sys.stderr)
 
 
-def user_error(error):
-  """(one-line message, exit status) for an error the user can fix or
-  asked for; None for a bug (its traceback is shown).  The one place that
-  decides."""
-  name = type(error).__name__
-  if isinstance(error, ConfigError):
-    return str(error).splitlines()[0], 2
-  if name == "TrainingDiverged":
-    return str(error), 1
-  if name == "TrainingStopped":
-    return str(error), 143 if error.signal_name == "SIGTERM" else 130
-  if isinstance(error, KeyboardInterrupt):
-    return "interrupted", 130
-  for check, status in ((_disk_full, 1), (_checkpoint_mismatch, 2)):
-    message = check(error)
-    if message:
-      return message, status
-  return None
-
-
-def main(argv=None):
+def _parser():
+  """The command line: one sub-command per workflow."""
   parser = argparse.ArgumentParser(
       prog="switch-mtf",
       description="Switch Transformer on Mesh TensorFlow.")
@@ -464,6 +394,14 @@ def main(argv=None):
       help="show the traceback of errors that are otherwise one line (also "
       "with SWITCH_MTF_DEBUG=1)")
   commands = parser.add_subparsers(dest="command", required=True)
+  _add_overview_commands(commands)
+  _add_model_commands(commands)
+  _add_checkpoint_commands(commands)
+  return parser
+
+
+def _add_overview_commands(commands):
+  """demo, reproduce, info."""
   demo = commands.add_parser(
       "demo", help="pre-train and evaluate a small Switch Transformer "
       "(models/small/switch_8) on the embedded offline corpus, experts split "
@@ -480,16 +418,16 @@ def main(argv=None):
 
   reproduce = commands.add_parser(
       "reproduce", help="the paper's claims in miniature: dense against "
-      "Switch with 2-32 experts, capacity factor and top-2, load balancing, "
+      "Switch with 2-64 experts, capacity factor and top-2, load balancing, "
       "initialization, router policy, cost, closed-book QA, distillation, "
       "sparse upcycling; writes a "
       "Markdown report, plots and JSON (--quick: about 5 minutes)")
   reproduce.add_argument("--quick", action="store_true",
                          help="fewer models and steps (about 5 minutes on 2 "
-                         "cores; full: about 35)")
+                         "cores; full: about 65)")
   reproduce.add_argument("--steps", type=_at_least(2), default=None,
                          help="pre-training steps per run (default: 100 "
-                         "quick, 1000 full); the other runs scale alike")
+                         "quick, 2000 full); the other runs scale alike")
   reproduce.add_argument("--experiments", default=None,
                          help="comma-separated subset of: experts, capacity, "
                          "balance, init, policy, cost, knowledge, distill, "
@@ -521,6 +459,9 @@ def main(argv=None):
                     help="print the whole report as JSON")
   info.set_defaults(func=_info)
 
+
+def _add_model_commands(commands):
+  """train, eval, train_and_eval, score, finetune, upcycle, distill."""
   train = commands.add_parser(
       "train", help="train (or resume training) a gin model on a seqio task "
       "with t5's MtfModel; checkpoints every --save_checkpoints_steps")
@@ -579,6 +520,9 @@ def main(argv=None):
                        "into the student (paper); random: its initializer")
   distill.set_defaults(func=_distill)
 
+
+def _add_checkpoint_commands(commands):
+  """convert, predict."""
   convert = commands.add_parser(
       "convert", help="Hugging Face SwitchTransformers checkpoint <-> "
       "switch_mtf checkpoint, tensor by tensor (the released google/switch-* "
@@ -613,14 +557,17 @@ def main(argv=None):
   predict.add_argument("--input_file", required=True)
   predict.add_argument("--output_file", required=True)
   predict.set_defaults(func=_predict)
-  args = parser.parse_args(argv)
+
+
+def main(argv=None):
+  args = _parser().parse_args(argv)
   try:
     try:
       args.func(args)
     finally:
       _report_bad_records()
   except (Exception, KeyboardInterrupt) as e:  # pylint: disable=broad-except
-    known = user_error(e)
+    known = errors.user_error(e)
     if known is None or args.debug or os.environ.get("SWITCH_MTF_DEBUG"):
       raise
     print("switch-mtf: error: %s" % known[0], file=sys.stderr)
