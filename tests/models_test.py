@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from switch_mtf import accounting
+from switch_mtf import layers
 from switch_mtf import config
 from switch_mtf import layout as layout_lib
 from switch_mtf import mesh_program
@@ -246,3 +247,20 @@ def test_parsing_a_preset_keeps_the_working_directory(tmp_path, monkeypatch):
   config.parse(["models/small/switch_8", "layouts/cpu_ep_2"])
   assert os.getcwd() == str(tmp_path)
   assert config.query("SwitchFFN.num_experts") == 8   # its include found
+
+
+def test_an_older_operative_config_still_builds_its_model():
+  """tests/data/operative_config_2026_12.gin: written by `switch-mtf
+  reproduce` (small/switch_8) before any module move; its gin imports and
+  module-qualified names must keep resolving (distill and eval re-read
+  these files from model directories)."""
+  from switch_mtf import run  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  config.parse([os.path.join(os.path.dirname(__file__), "data",
+                             "operative_config_2026_12.gin")])
+  model = models.build_model("bitransformer", 260)
+  experts = {}
+  for name, stack in models.stacks(model):
+    experts[name] = [layer.config.num_experts
+                     for layer in stack.layer_stack._layers  # pylint: disable=protected-access
+                     if isinstance(layer, layers.SwitchFFN)]
+  assert experts == {"encoder": [8], "decoder": [8]}
