@@ -227,14 +227,16 @@ def _score(args):
 
 
 def _finetune(args):
+  from switch_mtf import workflows  # pylint: disable=g-import-not-at-top
   run, lengths = _run_setup(args)
   _, step = _checkpoint(run, args.pretrained_model_dir,
                         "--pretrained_model_dir")
-  bindings = run.run_file_bindings("runs/finetune") + list(args.gin_param)
   model = _make_model(
-      run, args, lengths, learning_rate=args.learning_rate or 1e-3,
+      run, args, lengths,
+      learning_rate=args.learning_rate or workflows.FINETUNE_LEARNING_RATE,
       save_checkpoints_steps=args.save_checkpoints_steps,
-      keep_checkpoint_max=args.keep_checkpoint_max, gin_bindings=bindings)
+      keep_checkpoint_max=args.keep_checkpoint_max,
+      gin_bindings=workflows.finetune_bindings(args.gin_param))
   run.finetune(model, args.task, args.steps, args.pretrained_model_dir,
                seed=args.seed, every=args.log_every,
                router_every=args.router_every)
@@ -243,13 +245,12 @@ def _finetune(args):
 
 
 def _upcycle(args):
-  from switch_mtf import upcycling  # pylint: disable=g-import-not-at-top
+  from switch_mtf import workflows  # pylint: disable=g-import-not-at-top
   run, lengths = _run_setup(args)
-  prefix = os.path.join(args.model_dir, "upcycled", "model.ckpt-0")
-  if run.latest_step(args.model_dir) is None:
-    upcycling.upcycle(args.dense_model_dir, prefix,
-                      run.vocabulary(args.task).vocab_size, lengths,
-                      args.batch_size)
+  prefix, written = workflows.upcycled_start(
+      args.dense_model_dir, args.model_dir,
+      run.vocabulary(args.task).vocab_size, lengths, args.batch_size)
+  if written:
     print("upcycled %s into %s (every expert a copy of the dense "
           "feed-forward layer, a new router)" % (args.dense_model_dir,
                                                   prefix))
@@ -257,19 +258,19 @@ def _upcycle(args):
 
 
 def _distill(args):
-  from switch_mtf import distillation  # pylint: disable=g-import-not-at-top
+  from switch_mtf import workflows  # pylint: disable=g-import-not-at-top
   run, lengths = _run_setup(args)
-  prefix = distillation.prepare(
+  with workflows.distilling(
       args.teacher_model_dir, args.model_dir,
       run.vocabulary(args.task).vocab_size, lengths, args.batch_size,
       (args.gin_file, args.gin_param),
-      initialize_student=args.student_init == "teacher")
-  if prefix:
-    print("distilling %s into the gin model (student %s; checkpoint %s)" % (
-        args.teacher_model_dir, "initialized from the teacher's non-expert "
-        "weights" if args.student_init == "teacher" else "from its "
-        "initializer", prefix))
-  _train(args, setup=(run, lengths), init_checkpoint=prefix)
+      initialize_student=args.student_init == "teacher") as prefix:
+    if prefix:
+      print("distilling %s into the gin model (student %s; checkpoint %s)"
+            % (args.teacher_model_dir, "initialized from the teacher's "
+               "non-expert weights" if args.student_init == "teacher" else
+               "from its initializer", prefix))
+    _train(args, setup=(run, lengths), init_checkpoint=prefix)
 
 
 def _convert(args):

@@ -11,6 +11,7 @@ not trained again, so an interrupted reproduction continues where it
 stopped.  A run that did not finish starts over (its partial curve would
 mix two processes' timings).
 """
+import contextlib
 import dataclasses
 import json
 import os
@@ -21,6 +22,7 @@ from switch_mtf import accounting
 from switch_mtf import config
 from switch_mtf import run as run_lib
 from switch_mtf import training
+from switch_mtf import workflows
 from switch_mtf.errors import ConfigError
 
 
@@ -104,39 +106,36 @@ def execute(spec, root, task, extra_params=(), batch_size=8, log_every=10,
       raise ConfigError("run %s fine-tunes %s, which has no checkpoint"
                         % (spec.name, spec.finetune_from))
     model = run_lib.make_model(
-        directory, batch_size, lengths, learning_rate=1e-3,
+        directory, batch_size, lengths,
+        learning_rate=workflows.FINETUNE_LEARNING_RATE,
         save_checkpoints_steps=save_every, keep_checkpoint_max=keep,
-        gin_bindings=run_lib.run_file_bindings("runs/finetune") + params)
+        gin_bindings=workflows.finetune_bindings(params))
     progress = run_lib.finetune(model, run_task, spec.steps, pretrained,
                                 seed=spec.seed, every=log_every,
                                 router_every=0, out=out)
   else:
     start = 0
+    vocab_size = run_lib.vocabulary(run_task).vocab_size
     if spec.upcycle_from:
-      init_checkpoint = _upcycled_checkpoint(
-          root, spec, run_task, lengths, batch_size)
+      init_checkpoint, _ = workflows.upcycled_start(
+          model_dir(root, spec.upcycle_from), directory, vocab_size, lengths,
+          batch_size)
     if spec.continue_from:
       shutil.copytree(model_dir(root, spec.continue_from), directory)
       os.remove(os.path.join(directory, "record.json"))
       start = run_lib.latest_step(directory)
-    if spec.distill_from:
-      from switch_mtf import distillation  # pylint: disable=g-import-not-at-top
-      init_checkpoint = distillation.prepare(
-          model_dir(root, spec.distill_from), directory,
-          run_lib.vocabulary(run_task).vocab_size, lengths, batch_size,
-          ([spec.model, spec.layout], params),
-          initialize_student=spec.student_init)
-    model = run_lib.make_model(directory, batch_size, lengths,
-                               save_checkpoints_steps=save_every,
-                               keep_checkpoint_max=keep)
-    try:
+    with (workflows.distilling(
+        model_dir(root, spec.distill_from), directory, vocab_size, lengths,
+        batch_size, ([spec.model, spec.layout], params),
+        initialize_student=spec.student_init) if spec.distill_from
+          else contextlib.nullcontext(init_checkpoint)) as init_checkpoint:
+      model = run_lib.make_model(directory, batch_size, lengths,
+                                 save_checkpoints_steps=save_every,
+                                 keep_checkpoint_max=keep)
       progress = run_lib.train(model, run_task, start + spec.steps,
                                seed=spec.seed, every=log_every,
                                router_every=0,
                                init_checkpoint=init_checkpoint, out=out)
-    finally:
-      if spec.distill_from:
-        distillation.set_teacher(None)
   evaluations = []
   if spec.evals:
     for k in range(1, spec.evals + 1):
@@ -160,16 +159,6 @@ def execute(spec, root, task, extra_params=(), batch_size=8, log_every=10,
     json.dump(record, f)
   os.replace(record_path + ".tmp", record_path)
   return record
-
-
-def _upcycled_checkpoint(root, spec, task, lengths, batch_size):
-  from switch_mtf import upcycling  # pylint: disable=g-import-not-at-top
-  dense_dir = model_dir(root, spec.upcycle_from)
-  prefix = os.path.join(model_dir(root, spec.name), "upcycled",
-                        "model.ckpt-0")
-  upcycling.upcycle(dense_dir, prefix, run_lib.vocabulary(task).vocab_size,
-                    lengths, batch_size)
-  return prefix
 
 
 def _size(lengths, batch_size, task):

@@ -89,7 +89,8 @@ def test_reproduce_on_a_local_corpus_then_resume(tmp_path):
   _corpus(tmp_path / "validation.txt", 20, 1)
   out = tmp_path / "report"
   args = ["reproduce", "--quick",
-          "--steps", "12", "--experiments", "experts,balance,cost",
+          "--steps", "12", "--experiments",
+          "experts,balance,cost,distill,upcycle",
           "--task", "local_span_corruption", "--vocabulary", "trained",
           "--gin_param", "local_data.pretraining = {'train': '%s', "
           "'validation': '%s'}" % (tmp_path / "train.txt",
@@ -106,7 +107,8 @@ def test_reproduce_on_a_local_corpus_then_resume(tmp_path):
   assert pieces.piece_to_id("▁lantern") > 2   # a word of the text
   report = (out / "report.md").read_text()
   for heading in ("## 1. Scaling with experts", "## 3. Load balancing",
-                  "## 6. Cost against experts"):
+                  "## 6. Cost against experts", "## 8. Distilling",
+                  "## 9. Sparse upcycling"):
     assert heading in report
   assert "## 2." not in report and "## 7." not in report
   for image in ("experts_curves.png", "experts_speedup.png",
@@ -117,6 +119,19 @@ def test_reproduce_on_a_local_corpus_then_resume(tmp_path):
   assert set(results["experts"]) == {"dense", "switch_8"}
   assert set(results["balance"]) == {"switch_8", "switch_8_alpha0"}
   assert set(results["cost"]) == {"dense", "switch_8", "cost_switch_64"}
+  # The workflows (switch_mtf/workflows.py) through the reproduction: a
+  # student distilled from switch_8, a Switch model upcycled from dense.
+  assert set(results["distill"]) == {"dense", "switch_8",
+                                     "distill_dense_init"}
+  assert set(results["upcycle"]) == {"dense", "dense_continued",
+                                     "upcycled_switch_8"}
+  for run in (results["distill"]["distill_dense_init"],
+              results["upcycle"]["upcycled_switch_8"]):
+    assert run["evaluations"][-1]["neg_log_perplexity"] < 0
+  assert (out / "runs" / "upcycled_switch_8" / "upcycled" /
+          "model.ckpt-0.index").exists()
+  assert (out / "runs" / "distill_dense_init" / "distill_init" /
+          "model.ckpt-0.index").exists()
   dense, switch = results["experts"]["dense"], results["experts"]["switch_8"]
   assert dense["spec"]["pretraining_task"] == "local_span_corruption"
   assert [e["step"] for e in dense["evaluations"]] == [6, 12]
@@ -138,7 +153,7 @@ def test_reproduce_on_a_local_corpus_then_resume(tmp_path):
   again = helpers.cli(*args, env=dict(os.environ,
                                      XDG_CACHE_HOME=str(cache)))
   assert again.returncode == 0, again.stderr[-3000:]
-  assert again.stdout.count("done before") == 4
+  assert again.stdout.count("done before") == 7
   assert "trained steps" not in again.stdout
   assert (out / "report.md").read_text().splitlines()[4:] == \
       report.splitlines()[4:]
