@@ -68,9 +68,10 @@ def parse(gin_files=(), gin_params=()):
   # current directory first, then the search paths (without changing the
   # process's working directory).
   compat.quiet_gin_search_misses()
-  if gin_dir() not in _SEARCHED:
-    gin.add_config_file_search_path(gin_dir())
-    _SEARCHED.add(gin_dir())
+  presets = gin_dir()
+  if presets not in _SEARCHED:
+    gin.add_config_file_search_path(presets)
+    _SEARCHED.add(presets)
   try:
     gin.parse_config_file(mesh_defaults_path())
     for path in paths:
