@@ -49,15 +49,16 @@ def _timed(args, **kwargs):
   return time.time() - start, result
 
 
-def _train_speed(model, layout, steps, params, env):
+def train_speed(model, layout, steps, params, env, extra_args=()):
   """(steady tokens/s, seconds from the command to the first step line,
-  training seconds) of one ``switch-mtf train``."""
+  training seconds) of one ``switch-mtf train`` (``extra_args``: more
+  flags, e.g. ``--cluster``)."""
   with tempfile.TemporaryDirectory() as model_dir:
     args = CLI + ["train", "--gin_file=" + model, "--gin_file=" + layout,
                   "--model_dir", model_dir, "--steps", str(steps),
                   "--log_every", "10", "--router_every", "0",
                   "--save_checkpoints_steps", str(steps)]
-    args += ["--gin_param=" + p for p in params]
+    args += ["--gin_param=" + p for p in params] + list(extra_args)
     start = time.time()
     process = subprocess.Popen(args, stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
@@ -259,7 +260,7 @@ def main():
   rows = {}
   for layout in args.layouts.split(","):
     for name, (model, extra) in models.items():
-      runs = [_train_speed(model, "layouts/" + layout, args.steps,
+      runs = [train_speed(model, "layouts/" + layout, args.steps,
                            params + extra, env)
               for _ in range(args.repeats)]
       rows[(name, layout)] = dict(

@@ -4,6 +4,7 @@ import json
 import os
 import sys
 
+from switch_mtf import cluster
 from switch_mtf import errors
 from switch_mtf import text_files
 from switch_mtf.errors import ConfigError
@@ -74,6 +75,7 @@ def _prepare(args):
   config.parse(args.gin_file, args.gin_param)
   _register_tasks(args)
   run.check_task(args.task)
+  args.chief = cluster.join(args)
 
 
 def _run_setup(args):
@@ -150,9 +152,10 @@ def _check_fits(run, model, args, path):
 
 
 def _make_model(run, args, lengths, **kwargs):
+  chief = getattr(args, "chief", None)
   return run.make_model(args.model_dir, args.batch_size, lengths,
                         tpu=args.tpu, tpu_topology=args.tpu_topology,
-                        **kwargs)
+                        master=chief.target if chief else None, **kwargs)
 
 
 def _train(args, setup=None, init_checkpoint=None):
@@ -318,6 +321,7 @@ def _at_least(minimum):
 
 def _add_run_flags(parser, train):
   _add_gin_flags(parser)
+  cluster.add_flags(parser)
   parser.add_argument("--model_dir", required=True,
                       help="checkpoints, operative_config.gin, summaries")
   parser.add_argument("--task", default="switch_mtf_embedded_span_corruption",
@@ -398,6 +402,7 @@ def _parser():
   _add_overview_commands(commands)
   _add_model_commands(commands)
   _add_checkpoint_commands(commands)
+  cluster.add_worker_command(commands)
   return parser
 
 
@@ -571,7 +576,7 @@ def main(argv=None):
     known = errors.user_error(e)
     if known is None or args.debug or os.environ.get("SWITCH_MTF_DEBUG"):
       raise
-    print("switch-mtf: error: %s" % known[0], file=sys.stderr)
+    print(errors.line(known[0]), file=sys.stderr)
     return known[1]
   return 0
 

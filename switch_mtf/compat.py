@@ -73,6 +73,18 @@ Patches:
      ``include 'models/common.gin'`` misses the current directory first).
      ``quiet_gin_search_misses()`` (called by ``config.parse``) drops those
      records; a file found nowhere is still gin's IOError.
+  12. Mesh TF's ``get_estimator`` passes no session master off TPU (only a
+     TPU cluster resolver, which ``MtfModel`` builds for TPUs), so a
+     ``--cluster`` run could not reach its gRPC server.  ``set_session_master``
+     gives the model a ``SimpleClusterResolver`` whose master is the server
+     and whose ClusterSpec is empty: RunConfig takes the master from it, and
+     propagates no cluster_def (TensorFlow refuses a propagated spec that
+     names the master's own task; every server already has the spec).
+  13. Mesh TF's model function gives its mesh a variable placer only on TPU
+     (``var_placer = None`` otherwise), so off TPU every master variable sat
+     on the default device: task 0 of a ``--cluster`` run held the whole
+     model.  ``spread_master_variables(devices)`` makes the module's
+     ``mtf.Mesh`` take a ``BalancedVariablePlacer`` over those devices.
 """
 import importlib.abc
 import importlib.util
@@ -196,6 +208,20 @@ def seed_estimator(estimator, seed):
   return estimator
 
 
+def set_session_master(model, target):
+  """Runs an MtfModel's Estimator sessions on ``target`` (a gRPC server of
+  a ``--cluster`` run; see 12)."""
+  import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
+  model._cluster = tf.distribute.cluster_resolver.SimpleClusterResolver(  # pylint: disable=protected-access
+      tf.train.ClusterSpec({}), master=target)
+
+
+def session_master(model):
+  """The session target set by ``set_session_master`` ("" for none)."""
+  cluster = getattr(model, "_cluster", None)
+  return "" if cluster is None or model._tpu else cluster.master()  # pylint: disable=protected-access
+
+
 def _stateless(tf_fn):
   import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
   return {tf.random.uniform: tf.random.stateless_uniform,
@@ -299,6 +325,41 @@ def _silence_loss_print():
     utils.tf = _TfWithoutPrint(utils.tf)
 
 
+# Devices the master variables of Mesh TF's model function are spread over
+# off TPU (see 13); empty: all on the default device.
+_MASTER_DEVICES = []
+
+
+def spread_master_variables(devices):
+  """Spreads the master variables of every model function built from now
+  on over ``devices`` by size (Mesh TF's BalancedVariablePlacer); an empty
+  list puts them back on the default device."""
+  _MASTER_DEVICES[:] = list(devices)
+
+
+class _MtfWithVariablePlacer(object):
+  """mesh_tensorflow for mesh_tensorflow.transformer.utils, whose meshes
+  get a variable placer off TPU when one is asked for (see 13)."""
+
+  def __init__(self, mtf_module):
+    self._mtf = mtf_module
+
+  def __getattr__(self, name):
+    return getattr(self._mtf, name)
+
+  def Mesh(self, graph, name, variable_placer=None):  # pylint: disable=invalid-name
+    if variable_placer is None and _MASTER_DEVICES:
+      variable_placer = self._mtf.utils.BalancedVariablePlacer(
+          list(_MASTER_DEVICES))
+    return self._mtf.Mesh(graph, name, variable_placer)
+
+
+def _place_master_variables():
+  utils = sys.modules["mesh_tensorflow.transformer.utils"]
+  if not isinstance(utils.mtf, _MtfWithVariablePlacer):
+    utils.mtf = _MtfWithVariablePlacer(utils.mtf)
+
+
 class _TfWithScaledAttentionInit(object):
   """tf.compat.v1 for mesh_tensorflow.transformer.attention, whose normal
   initializers follow the gin init scale (see 10)."""
@@ -386,7 +447,8 @@ _BEFORE = {"mesh_tensorflow": (_patch_tensor_conversion_registry,
 _AFTER = {
     "mesh_tensorflow": (_patch_placement_random, _patch_scalar_summaries,
                         _patch_checkpoint_resave),
-    "mesh_tensorflow.transformer.utils": (_silence_loss_print,),
+    "mesh_tensorflow.transformer.utils": (_silence_loss_print,
+                                          _place_master_variables),
     "mesh_tensorflow.transformer.attention": (_scale_attention_init,),
 }
 

@@ -103,6 +103,12 @@ def mesh_and_layout():
   if not isinstance(mesh_shape, str):
     mesh_shape = ""
   devices = query("utils.run.mesh_devices")
+  if devices == "cluster":
+    raise ConfigError(
+        "this layout spreads over the hosts of a cluster (utils.run."
+        "mesh_devices = \"cluster\"): add --cluster=HOST:PORT,... with "
+        "`switch-mtf worker` processes (README: Several machines), or use a "
+        "one-machine layout such as layouts/cpu_ep_2")
   if mesh_shape and devices is not None:
     size = mtf.convert_to_shape(mesh_shape).size
     if len(devices) != size:

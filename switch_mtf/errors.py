@@ -8,6 +8,7 @@ TensorFlow import.
 import errno
 import os
 import re
+import sys
 
 
 class ConfigError(ValueError):
@@ -44,6 +45,21 @@ def _disk_full(error):
           "same command again (it resumes from the last good checkpoint, "
           "which this run left intact)" % (
               " writing " + os.path.dirname(where.group(1)) if where else ""))
+
+
+def line(message):
+  """How the command line shows an error the user can fix."""
+  return "switch-mtf: error: %s" % message
+
+
+def exit_now(message, status):
+  """Ends the process at once with one line, from any thread: a run
+  blocked inside TensorFlow cannot be interrupted otherwise.  Checkpoints
+  are safe as after SIGKILL (the last good one is never written over)."""
+  sys.stdout.flush()
+  sys.stderr.write(line(message) + "\n")
+  sys.stderr.flush()
+  os._exit(status)  # pylint: disable=protected-access
 
 
 def user_error(error):

@@ -138,7 +138,7 @@ class Scorer(object):
 
   def __init__(self, vocab_size, lengths, batch_size, mesh_shape, layout,
                mesh_devices=None, model_type="bitransformer",
-               activation_dtype=tf.float32):
+               activation_dtype=tf.float32, master=""):
     self.batch_size = batch_size
     self._graph = tf.Graph()
     with self._graph.as_default():
@@ -184,7 +184,7 @@ class Scorer(object):
       self._copy_to_slices = lowering.copy_masters_to_slices()
       self._saver = tf.train.Saver(self._masters, sharded=False)
       init = tf.global_variables_initializer()
-      self._session = tf.Session(graph=self._graph)
+      self._session = tf.Session(master, graph=self._graph)
       self._session.run(init)
     self._restored = None
 

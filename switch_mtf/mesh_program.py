@@ -21,8 +21,14 @@ class MeshProgram(object):
       values = p.run({"y": y})
   """
 
-  def __init__(self, mesh_shape="", layout="", seed=1234):
+  def __init__(self, mesh_shape="", layout="", seed=1234, devices=None,
+               target=""):
+    """``devices``: one device name per mesh position (default: virtual
+    CPU devices of this process); ``target``: the session master (a gRPC
+    server's, for devices of a cluster)."""
     tf.disable_eager_execution()
+    self.devices = devices
+    self.target = target
     self.mesh_shape = mtf.convert_to_shape(mesh_shape)
     self.layout = mtf.convert_to_layout_rules(layout)
     self.layout_string = layout
@@ -79,7 +85,7 @@ class MeshProgram(object):
     Returns:
       dict name -> NumPy array (for steps > 1: a list, one per step).
     """
-    devices = [""] * max(1, self.mesh_shape.size)
+    devices = self.devices or [""] * max(1, self.mesh_shape.size)
     mesh_impl = mtf.placement_mesh_impl.PlacementMeshImpl(
         self.mesh_shape, self.layout, devices)
     # autostack would replace the variables by stacked ones, which the
@@ -104,7 +110,7 @@ class MeshProgram(object):
     copy = lowering.copy_masters_to_slices()
     copy_back = lowering.copy_slices_to_masters() if fetch_variables else None
     results = []
-    with tf.Session(config=tf.ConfigProto(
+    with tf.Session(self.target, config=tf.ConfigProto(
         inter_op_parallelism_threads=2,
         intra_op_parallelism_threads=2)) as sess:
       sess.run(init)

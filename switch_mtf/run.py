@@ -18,6 +18,7 @@ from mesh_tensorflow.transformer import utils as mtf_utils
 from t5.models import mtf_model
 import tensorflow.compat.v1 as tf
 
+from switch_mtf import compat
 from switch_mtf import config
 from switch_mtf import evaluation
 from switch_mtf import training
@@ -56,8 +57,11 @@ def _activation_dtype_bindings(tpu):
 
 def make_model(model_dir, batch_size, sequence_length, learning_rate=None,
                save_checkpoints_steps=100, keep_checkpoint_max=5, tpu=None,
-               tpu_topology=None, gin_bindings=()):
+               tpu_topology=None, gin_bindings=(), master=None):
   """An MtfModel on the mesh and layout of the parsed gin layout file.
+
+  ``master``: the session target of a ``cluster.Chief`` (``--cluster``),
+  for the Estimator and the scorer; None runs in this process.
 
   ``gin_bindings`` are re-applied after any operative config that MtfModel
   parses from a model directory (fine-tuning, scoring), so they win.
@@ -74,7 +78,7 @@ def make_model(model_dir, batch_size, sequence_length, learning_rate=None,
     # would round every checkpoint, so a resumed run would not continue the
     # uninterrupted one.  (TPU keeps T5's bfloat16 masters and slices.)
     dtype_bindings.append("utils.get_variable_dtype.master_dtype = 'float32'")
-  return mtf_model.MtfModel(
+  model = mtf_model.MtfModel(
       model_dir=model_dir, tpu=tpu, tpu_topology=tpu_topology,
       mesh_shape=mesh_shape,
       mesh_devices=config.query("utils.run.mesh_devices"),
@@ -93,6 +97,9 @@ def make_model(model_dir, batch_size, sequence_length, learning_rate=None,
       extra_gin_bindings=["tpu_estimator_model_fn.tpu_summaries = %s"
                           % (tpu is not None)]
       + dtype_bindings + list(gin_bindings))
+  if master:
+    compat.set_session_master(model, master)
+  return model
 
 
 def train(model, task_name, steps, seed=0, every=10, router_every=100,
@@ -274,7 +281,8 @@ def scorer(model, task_name):
         model.batch_size, model._mesh_shape, model._layout_rules,  # pylint: disable=protected-access
         mesh_devices=model._mesh_devices,  # pylint: disable=protected-access
         model_type=model._model_type,  # pylint: disable=protected-access
-        activation_dtype=tf.as_dtype(activation))
+        activation_dtype=tf.as_dtype(activation),
+        master=compat.session_master(model))
   return _SCORERS[model]
 
 

@@ -16,14 +16,16 @@ KERNELS = ("router/kernel", "wi/kernel", "wi_0/kernel", "wi_1/kernel",
 
 def run_switch(tokens, config, router=None, train=False, mesh_shape="",
                layout="", weights=None, nonpadding=None, grads=False,
-               seed=1234, extra=None, outer_batch=None):
+               seed=1234, extra=None, outer_batch=None, devices=None,
+               target=""):
   """Runs ``switch_feed_forward`` on ``tokens`` [batch, length, d_model].
 
   Returns a dict with "y", "loss", "probs", "logits", the router metrics, the
   kernels actually used (by short name: "router", "wi", "wo", ...), and with
   grads=True the gradients of sum(y * w) + loss ("grad/<kernel>", "grad/x").
   With ``outer_batch=k`` the batch is fed as [outer_batch=k, batch=b/k, ...]
-  (expert replication); results come back as [b, l, ...].
+  (expert replication); results come back as [b, l, ...].  ``devices``
+  and ``target``: see ``mesh_program.MeshProgram``.
   """
   router = router or routing.SwitchRouter(policy_train="argmax")
   b, l, m = tokens.shape
@@ -35,7 +37,8 @@ def run_switch(tokens, config, router=None, train=False, mesh_shape="",
     tokens = tokens.reshape([d.size for d in dims])
     if nonpadding is not None:
       nonpadding = np.asarray(nonpadding).reshape([d.size for d in dims[:-1]])
-  with mesh_program.MeshProgram(mesh_shape, layout, seed=seed) as p:
+  with mesh_program.MeshProgram(mesh_shape, layout, seed=seed,
+                                devices=devices, target=target) as p:
     x = p.import_array(tokens.astype(np.float32), dims)
     pad = None
     if nonpadding is not None:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from switch_mtf import accounting
+from switch_mtf import cluster
 from switch_mtf import layers
 from switch_mtf import config
 from switch_mtf import layout as layout_lib
@@ -112,6 +113,15 @@ def test_capacity_and_per_device_numbers():
 @pytest.mark.parametrize("layout_file", LAYOUTS)
 def test_every_layout_file_is_valid_for_its_mesh(layout_file):
   config.parse([layout_file])
+  expanded = []
+  if config.query("utils.run.mesh_devices") == "cluster":
+    # layouts/multihost_*: as bound for 3 hosts of 2 GPUs (--cluster runs).
+    devices = cluster.expand_layout(("h0:2222", "h1:2222", "h2:2222"),
+                                    gpus_per_host=2)
+    assert len(devices) == 6 and devices[5] == (
+        "/job:worker/replica:0/task:2/device:GPU:1")
+    expanded = ["utils.run.mesh_shape = %r" % config.query(
+        "utils.run.mesh_shape"), "utils.run.mesh_devices = %r" % devices]
   mesh_shape = mtf.convert_to_shape(config.query("utils.run.mesh_shape"))
   rules = config.query("utils.run.layout_rules")
   mesh_names = {d.name for d in mesh_shape.dims}
@@ -121,12 +131,13 @@ def test_every_layout_file_is_valid_for_its_mesh(layout_file):
   if devices is not None:
     assert len(devices) == mesh_shape.size
   # The model the layout is meant for, with one expert per device of the
-  # expert mesh dimension (at least 8), fits it: every tensor can be laid out.
+  # expert mesh dimension (at least 8, a multiple of it), fits it: every tensor can be laid out.
   ways = layout_lib.split_ways(rules, mesh_shape,
                                mtf.Dimension("experts", 1))
   model = LAYOUT_MODELS.get(layout_file, "models/switch_base_8.gin")
   report = _count([model, layout_file],
-                  "SwitchFFN.num_experts = %d" % max(8, ways),
+                  "SwitchFFN.num_experts = %d" % (ways * -(-8 // ways)),
+                  *expanded,
                   batch=mesh_shape.size * 8)
   assert report.mesh_shape == config.query("utils.run.mesh_shape")
   assert report.parameters_per_device <= report.total_parameters
