@@ -17,7 +17,6 @@ from mesh_tensorflow.transformer import transformer_layers
 import tensorflow.compat.v1 as tf
 
 from switch_mtf import layers
-from switch_mtf import routing
 
 
 class _SwitchAttentionParams(object):
@@ -84,26 +83,22 @@ class SwitchSelfAttention(transformer_layers.SelfAttention):
   """Self-attention whose Q and shared K/V projections are Switch layers.
 
   Args:
-    num_experts, hidden_size, group_size, capacity_factor_train,
-      capacity_factor_eval, activation, init_scale, dispatch: of the two
-      Switch layers (see layers.SwitchConfig).
-    router: a routing.Router (default SwitchRouter()).
+    every field of layers.SwitchConfig: of the two Switch layers, with
+      SwitchConfig's defaults except ``DEFAULTS`` (smaller experts, index
+      dispatch).
+    router: a routing.Router or its name (default SwitchRouter()).
     **kwargs: SelfAttention's arguments (num_heads, key_value_size,
       relative_attention_type, ...).  K and V are always shared.
   """
 
-  def __init__(self, num_experts=8, hidden_size=512, group_size=1024,
-               capacity_factor_train=1.25, capacity_factor_eval=2.0,
-               activation="relu", init_scale=0.1, dispatch="gather",
-               router=None, **kwargs):
+  DEFAULTS = {"hidden_size": 512, "dispatch": "gather"}
+
+  @layers.takes_switch_config(DEFAULTS, more_keywords=True)
+  def __init__(self, *, router=None, **settings):
+    self.config, kwargs = layers.switch_config(settings, self.DEFAULTS)
     kwargs["shared_kv"] = True
     super(SwitchSelfAttention, self).__init__(**kwargs)
-    self.config = layers.SwitchConfig(
-        num_experts=num_experts, hidden_size=hidden_size,
-        group_size=group_size, capacity_factor_train=capacity_factor_train,
-        capacity_factor_eval=capacity_factor_eval, activation=activation,
-        init_scale=init_scale, dispatch=dispatch)
-    self.router = router or routing.SwitchRouter()
+    self.router = layers.make_router(router, "SwitchSelfAttention")
 
   def make_params(self, context):
     return _SwitchAttentionParams(self, context)

@@ -240,18 +240,50 @@ def switch_feed_forward(x, config, router, train, variable_dtype,
   return outputs, result
 
 
-def _takes_switch_config(init):
-  """Gives ``init(self, *, router=None, **settings)`` the signature
-  ``(self, *, <SwitchConfig's fields with their defaults>, router=None)``,
-  so that gin knows (and checks) every setting while the defaults are
-  written once, in SwitchConfig."""
-  parameter = inspect.Parameter
-  init.__signature__ = inspect.Signature(
-      [parameter("self", parameter.POSITIONAL_OR_KEYWORD)]
-      + [parameter(field.name, parameter.KEYWORD_ONLY, default=field.default)
-         for field in dataclasses.fields(SwitchConfig)]
-      + [parameter("router", parameter.KEYWORD_ONLY, default=None)])
-  return init
+def takes_switch_config(defaults=None, more_keywords=False):
+  """A decorator: gives ``init(self, *, router=None, **settings)`` the
+  signature ``(self, *, <SwitchConfig's fields>, router=None)`` (and
+  ``**kwargs`` with ``more_keywords``), the fields' defaults from
+  SwitchConfig unless ``defaults`` (a dict) says otherwise, so that gin
+  knows (and checks) every setting while the defaults are written once.
+  ``init`` applies ``switch_config(settings, defaults)`` itself."""
+  defaults = defaults or {}
+
+  def decorate(init):
+    parameter = inspect.Parameter
+    init.__signature__ = inspect.Signature(
+        [parameter("self", parameter.POSITIONAL_OR_KEYWORD)]
+        + [parameter(field.name, parameter.KEYWORD_ONLY,
+                     default=defaults.get(field.name, field.default))
+           for field in dataclasses.fields(SwitchConfig)]
+        + [parameter("router", parameter.KEYWORD_ONLY, default=None)]
+        + ([parameter("kwargs", parameter.VAR_KEYWORD)]
+           if more_keywords else []))
+    return init
+  return decorate
+
+
+def switch_config(settings, defaults=None):
+  """(SwitchConfig of the SwitchConfig fields in ``settings``, the other
+  settings), the fields' defaults from ``defaults`` first."""
+  names = {field.name for field in dataclasses.fields(SwitchConfig)}
+  chosen = dict(defaults or {})
+  chosen.update({k: v for k, v in settings.items() if k in names})
+  return SwitchConfig(**chosen), {k: v for k, v in settings.items()
+                                  if k not in names}
+
+
+def make_router(router, owner):
+  """``router``: None (SwitchRouter()), a name, or a routing.Router."""
+  if router is None:
+    return routing.SwitchRouter()
+  if isinstance(router, str):
+    router = routing.make_router(router)
+  if not isinstance(router, routing.Router):
+    raise ConfigError("%s.router=%r is not a router: use one of %s or a "
+                      "routing.Router" % (owner, router,
+                                          ", ".join(routing.ROUTERS)))
+  return router
 
 
 @gin.configurable
@@ -267,19 +299,12 @@ class SwitchFFN(transformer.TransformerLayer):
   becomes part of the total loss, as in Mesh TF.
   """
 
-  @_takes_switch_config
+  @takes_switch_config()
   def __init__(self, *, router=None, **settings):
     # ``settings``: SwitchConfig's fields, declared (with their defaults)
     # there only; gin reads them from this method's signature.
     self.config = SwitchConfig(**settings)
-    if router is None:
-      router = routing.SwitchRouter()
-    elif isinstance(router, str):
-      router = routing.make_router(router)
-    if not isinstance(router, routing.Router):
-      raise ConfigError("SwitchFFN.router=%r is not a router: use one of %s or "
-                        "a routing.Router" % (router, ", ".join(routing.ROUTERS)))
-    self.router = router
+    self.router = make_router(router, "SwitchFFN")
 
   def call(self, context, x):
     if context.model.ensemble_dim:

@@ -1,6 +1,7 @@
 """Switch attention (Appendix A)."""
 import mesh_tensorflow as mtf
 import numpy as np
+import pytest
 
 import helpers
 from switch_mtf import accounting
@@ -9,6 +10,7 @@ from switch_mtf import layers
 from switch_mtf import mesh_program
 from switch_mtf import models
 from switch_mtf import router_summaries
+from switch_mtf.errors import ConfigError
 
 VOCAB = 64
 PARAMS = [
@@ -50,3 +52,25 @@ def test_switch_attention_lm_trains_on_two_devices_and_counts_right():
   assert not any(n.endswith("SwitchSelfAttention/q") for n in built)
   assert {v.name: [d.size for d in v.dims] for v in report.variables} == built
   assert losses[-1] < losses[0]
+
+
+def test_switch_attention_settings_are_switch_configs_with_its_defaults():
+  """Every SwitchConfig field is a setting (gin sees them in the
+  signature); the defaults are SwitchConfig's except the attention's own;
+  the other keywords reach Mesh TF's SelfAttention."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  from switch_mtf import attention  # pylint: disable=g-import-not-at-top
+  signature = inspect.signature(attention.SwitchSelfAttention.__init__)
+  for field in layers.dataclasses.fields(layers.SwitchConfig):
+    expected = attention.SwitchSelfAttention.DEFAULTS.get(field.name,
+                                                          field.default)
+    assert signature.parameters[field.name].default == expected, field.name
+  layer = attention.SwitchSelfAttention(num_experts=4, min_expert_capacity=2,
+                                        num_heads=4, router="top_2")
+  assert layer.config == layers.SwitchConfig(
+      num_experts=4, min_expert_capacity=2, hidden_size=512,
+      dispatch="gather")
+  assert layer.num_heads == 4 and layer.shared_kv
+  assert type(layer.router).__name__ == "Top2Router"
+  with pytest.raises(ConfigError, match="SwitchSelfAttention.router=3"):
+    attention.SwitchSelfAttention(router=3)
