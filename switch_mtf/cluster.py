@@ -290,6 +290,9 @@ def join(args, out=print):
   if not getattr(args, "cluster", None):
     return None
   addresses = parse(args.cluster)
+  if getattr(args, "tpu", None):
+    raise ConfigError("--cluster and --tpu=%s: TPU pods run on TPUEstimator "
+                      "with their own workers; drop --cluster" % args.tpu)
   if args.gpus_per_host < 0:
     raise ConfigError("--gpus_per_host=%d: must be 0 (CPU) or more" %
                       args.gpus_per_host)

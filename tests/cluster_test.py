@@ -265,3 +265,6 @@ def test_unreachable_worker_and_impossible_layouts_are_one_line(tmp_path):
   result = helpers.cli("train", *MODEL, "--gin_file=layouts/multihost_ep",
                        "--model_dir", model_dir, "--steps", "2")
   _one_line_exit_2(result, model_dir, "add --cluster=HOST:PORT")
+  result = helpers.cli(*_train(model_dir, addresses, "--steps", "2",
+                               "--tpu", "my-tpu")[3:])
+  _one_line_exit_2(result, model_dir, "--cluster and --tpu=my-tpu")
