@@ -189,6 +189,23 @@ def serve(addresses, task, lifetime_s=None, out=print):
   stop.wait(lifetime_s)
 
 
+def _check_devices(target, devices):
+  """One line for a mesh device no task has (e.g. --gpus_per_host larger
+  than a host's GPUs)."""
+  import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
+  with tf.Session(target, graph=tf.Graph()) as session:
+    found = {tf.DeviceSpec.from_string(d.name).to_string()
+             for d in session.list_devices()}
+  for device in devices:
+    if tf.DeviceSpec.from_string(device).to_string() not in found:
+      task = device.split("/task:")[1].split("/")[0]
+      have = sorted(d.rsplit("/", 1)[1] for d in found
+                    if "/task:%s/" % task in d)
+      raise ConfigError(
+          "the mesh needs %s, which task %s does not have (it has %s): lower "
+          "--gpus_per_host or the mesh size" % (device, task, ", ".join(have)))
+
+
 def _unreachable(addresses, task, seconds):
   return ConfigError(
       "worker task %d at %s is unreachable after %g s: start it there with "
@@ -202,6 +219,11 @@ def _check_identity(addresses, target, task, deadline, timeout_s):
   graph = tf.Graph()
   with graph.as_default():
     value = _identity_variable(task).value()
+    # The worker pulls a tensor from task 0: it can reach the client too.
+    with tf.device("/job:%s/replica:0/task:0/device:CPU:0" % JOB):
+      sent = tf.constant(task)
+    with tf.device("/job:%s/replica:0/task:%d/device:CPU:0" % (JOB, task)):
+      echoed = tf.identity(sent)
   own = "/job:%s/replica:0/task:" % JOB
   session_config = tf.ConfigProto(
       device_filters=[own + "0", own + str(task)],
@@ -212,6 +234,9 @@ def _check_identity(addresses, target, task, deadline, timeout_s):
     while True:
       try:
         found = session.run(value).decode("utf-8", "replace")
+        if session.run(echoed) != task:
+          raise ConfigError("worker task %d at %s answered wrongly: %s" % (
+              task, addresses[task], refusal))
         break
       except tf.errors.InvalidArgumentError:   # it has no such device
         raise ConfigError(
@@ -220,9 +245,11 @@ def _check_identity(addresses, target, task, deadline, timeout_s):
       except (tf.errors.FailedPreconditionError,   # not yet published
               tf.errors.DeadlineExceededError, tf.errors.UnavailableError):
         if time.time() > deadline:
-          raise ConfigError("the server at %s (task %d) is not a switch-mtf "
-                            "worker or does not answer: %s" % (
-                                addresses[task], task, refusal)) from None
+          raise ConfigError(
+              "the server at %s (task %d) is not a switch-mtf worker or does "
+              "not answer (every task must reach every other, task 0 at %s "
+              "included): %s" % (addresses[task], task, addresses[0],
+                                 refusal)) from None
         time.sleep(0.5)
   if found != _identity(addresses, task):
     raise ConfigError(
@@ -265,9 +292,10 @@ class Chief(object):
   ``target`` is the session master for the Estimator and the scorer.
   """
 
-  def __init__(self, addresses, timeout_s=DEFAULT_TIMEOUT_S):
-    if timeout_s <= 0:
-      raise ConfigError("--worker_timeout_s=%g: must be positive" % timeout_s)
+  def __init__(self, addresses, devices, timeout_s=DEFAULT_TIMEOUT_S):
+    if not timeout_s >= 1:
+      raise ConfigError("--worker_timeout_s=%g: must be at least 1 (seconds)"
+                        % timeout_s)
     self.addresses = addresses
     self.timeout_s = timeout_s
     self.server = start_server(addresses, 0)
@@ -279,6 +307,7 @@ class Chief(object):
           raise _unreachable(addresses, task, timeout_s)
         time.sleep(0.2)
       _check_identity(addresses, self.target, task, deadline, timeout_s)
+    _check_devices(self.target, devices)
     Watchdog(addresses, timeout_s).start()
 
 
@@ -288,6 +317,10 @@ def join(args, out=print):
   checked (once per process: ``args.chief``); returns the Chief (None
   without ``--cluster``)."""
   if not getattr(args, "cluster", None):
+    if getattr(args, "spread_variables", False) or getattr(
+        args, "gpus_per_host", 0):
+      raise ConfigError("--spread_variables and --gpus_per_host are for "
+                        "--cluster runs: add --cluster=HOST:PORT,...")
     return None
   addresses = parse(args.cluster)
   if getattr(args, "tpu", None):
@@ -299,13 +332,17 @@ def join(args, out=print):
   devices = expand_layout(addresses, args.gpus_per_host)
   if getattr(args, "chief", None):   # train_and_eval: its second command
     return args.chief
-  chief = Chief(addresses, args.worker_timeout_s)
+  chief = Chief(addresses, devices, args.worker_timeout_s)
   if args.spread_variables:
     from switch_mtf import compat  # pylint: disable=g-import-not-at-top
     compat.spread_master_variables(device_names(addresses))
+  available = len(device_names(addresses, args.gpus_per_host))
   out("cluster of %d tasks ready (this client is task 0 at %s); mesh on %d "
-      "devices; master variables %s" % (
+      "devices%s; master variables %s" % (
           len(addresses), addresses[0], len(devices),
+          "" if len(devices) == available
+          else " (%d of the cluster's devices unused)" % (
+              available - len(devices)),
           "spread over every host" if args.spread_variables
           else "on task 0"))
   return chief

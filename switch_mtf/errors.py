@@ -75,6 +75,11 @@ def user_error(error):
     return str(error), 143 if error.signal_name == "SIGTERM" else 130
   if isinstance(error, KeyboardInterrupt):
     return "interrupted", 130
+  if name in ("UnavailableError", "AbortedError") and "/job:worker/" in str(
+      error):
+    return ("TensorFlow lost a task of the --cluster run (%s: %s): restart "
+            "the worker, then run the same command again" % (
+                name, str(error).strip().splitlines()[-1][:200])), 1
   for check, status in ((_disk_full, 1), (_checkpoint_mismatch, 2)):
     message = check(error)
     if message:

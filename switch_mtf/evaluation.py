@@ -184,7 +184,10 @@ class Scorer(object):
       self._copy_to_slices = lowering.copy_masters_to_slices()
       self._saver = tf.train.Saver(self._masters, sharded=False)
       init = tf.global_variables_initializer()
-      self._session = tf.Session(master, graph=self._graph)
+      # On a cluster, this session's variables stay its own (workers
+      # outlive it and serve later runs).
+      self._session = tf.Session(master, graph=self._graph, config=(
+          tf.ConfigProto(isolate_session_state=True) if master else None))
       self._session.run(init)
     self._restored = None
 

@@ -112,7 +112,8 @@ class MeshProgram(object):
     results = []
     with tf.Session(self.target, config=tf.ConfigProto(
         inter_op_parallelism_threads=2,
-        intra_op_parallelism_threads=2)) as sess:
+        intra_op_parallelism_threads=2,
+        isolate_session_state=bool(self.target))) as sess:
       sess.run(init)
       sess.run(assigns)
       sess.run(copy)

@@ -46,7 +46,7 @@ def _activation_dtype_bindings(tpu):
   if tpu is not None or dtype in ("float32", tf.float32):
     return []
   devices = config.query("utils.run.mesh_devices") or [""]
-  if not all(d.lower().startswith("gpu") or "/gpu" in d.lower()
+  if not all(d.lower().startswith("gpu") or "gpu:" in d.lower()
              for d in devices):
     raise ConfigError(
         "activation dtype %s needs GPU or TPU devices (CPUs have no bfloat16 "

@@ -22,6 +22,7 @@ from t5.models import mesh_transformer
 import tensorflow.compat.v1 as tf
 
 from switch_mtf import compat
+from switch_mtf import errors
 from switch_mtf import model_dir
 from switch_mtf import router_summaries
 from switch_mtf.errors import ConfigError
@@ -80,6 +81,26 @@ class StepOrderHook(tf.train.SessionRunHook):
 
   def begin(self):
     compat.order_step_increment(tf.get_default_graph())
+
+
+class OneSessionHook(tf.train.SessionRunHook):
+  """For --cluster runs: a second session means TensorFlow recovered from a
+  lost worker (as from a preemption) by restoring the last checkpoint under
+  an input pipeline that has moved on.  The run would go on with the wrong
+  data, so it ends with one line instead (a worker back within
+  --worker_timeout_s escapes the cluster's watchdog, not this)."""
+
+  def __init__(self):
+    self._sessions = 0
+
+  def after_create_session(self, session, coord):
+    del session, coord
+    self._sessions += 1
+    if self._sessions > 1:
+      errors.exit_now(
+          "a worker of the --cluster run was lost and TensorFlow restarted "
+          "the session: run the same command again with every worker up; it "
+          "resumes from the last good checkpoint, with the right data", 1)
 
 
 class ProgressHook(tf.train.SessionRunHook):
@@ -277,10 +298,12 @@ def _train_locked(model, task_name, steps, split, seed, init_checkpoint,
   progress = ProgressHook(steps, tokens_per_step, every=every,
                           router_every=router_every, out=out)
   stop = StopOnSignalHook()
+  hooks = [CheckpointMatchHook(model._model_dir), StepOrderHook(), stop,  # pylint: disable=protected-access
+           progress]
+  if compat.session_master(model):
+    hooks.append(OneSessionHook())
   try:
-    estimator.train(input_fn=input_fn, max_steps=steps,
-                    hooks=[CheckpointMatchHook(model._model_dir),  # pylint: disable=protected-access
-                           StepOrderHook(), stop, progress],
+    estimator.train(input_fn=input_fn, max_steps=steps, hooks=hooks,
                     saving_listeners=[FiniteCheckpointGuard()])
   except tf.train.NanLossDuringTrainingError:
     raise TrainingDiverged(

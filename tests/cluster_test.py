@@ -5,6 +5,7 @@ process id at the end."""
 import dataclasses
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -49,7 +50,8 @@ def workers():
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         env=dict(os.environ, PYTHONUNBUFFERED="1"))
     started.append(process)
-    line = process.stdout.readline()
+    ready, _, _ = select.select([process.stdout], [], [], 120)
+    line = process.stdout.readline() if ready else "(nothing in 120 s)"
     assert line.startswith("worker task %d of " % task), line
     return process
 
@@ -58,6 +60,11 @@ def workers():
     if process.poll() is None:
       process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
+
+
+def _cli(*args):
+  """``switch-mtf ARGS``, bounded in time (killed after 10 minutes)."""
+  return helpers.cli(*args, timeout=600)
 
 
 def _addresses(count):
@@ -98,7 +105,7 @@ def test_worker_bad_input_is_one_line_and_exit_2():
         (["--cluster", ",".join(addresses), "--task", "1"],
          "port %s (%s in --cluster) is in use" % (
              addresses[1].split(":")[1], addresses[1]))):
-      result = helpers.cli("worker", *args, "--lifetime_s", "1")
+      result = _cli("worker", *args, "--lifetime_s", "1")
       assert result.returncode == 2, result.stderr[-2000:]
       lines = [l for l in result.stderr.splitlines() if "error" in l]
       assert lines == ["switch-mtf: error: " + lines[0][19:]], result.stderr
@@ -165,14 +172,19 @@ def test_killed_worker_is_one_line_then_resume_gives_one_process_losses(
       _train(model_dir, addresses, "--steps", "1000", "--worker_timeout_s",
              "5"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
       env=dict(os.environ, PYTHONUNBUFFERED="1"))
-  deadline = time.time() + 300
-  while time.time() < deadline and client.poll() is None and (
-      _newest_step(model_dir) < 4):
-    time.sleep(0.05)
-  worker.send_signal(signal.SIGKILL)
-  killed_at = time.time()
-  output, error = client.communicate(timeout=60)
-  waited = time.time() - killed_at
+  try:
+    deadline = time.time() + 300
+    while time.time() < deadline and client.poll() is None and (
+        _newest_step(model_dir) < 4):
+      time.sleep(0.05)
+    worker.send_signal(signal.SIGKILL)
+    killed_at = time.time()
+    output, error = client.communicate(timeout=60)
+    waited = time.time() - killed_at
+  finally:
+    if client.poll() is None:
+      client.send_signal(signal.SIGKILL)
+      client.wait()
   assert client.returncode == 1, error[-3000:]
   assert waited < 5 + 10, waited
   last = error.strip().splitlines()[-1]
@@ -187,7 +199,7 @@ def test_killed_worker_is_one_line_then_resume_gives_one_process_losses(
   workers(addresses, 1)
   # Resumed with the master variables spread over both tasks: each writes
   # its shards of the checkpoints (one filesystem here).
-  resumed = helpers.cli(*_train(model_dir, addresses, "--steps",
+  resumed = _cli(*_train(model_dir, addresses, "--steps",
                                 str(start + 3), "--spread_variables")[3:])
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resuming from the checkpoint at step %d" % start in resumed.stdout
@@ -196,7 +208,7 @@ def test_killed_worker_is_one_line_then_resume_gives_one_process_losses(
   assert len(shards) > 2, shards
 
   reference_dir = str(tmp_path / "one_process")
-  reference = helpers.cli(
+  reference = _cli(
       "train", *MODEL, "--gin_file=layouts/cpu_ep_2", "--model_dir",
       reference_dir, "--steps", str(start + 3))
   assert reference.returncode == 0, reference.stderr[-3000:]
@@ -222,7 +234,7 @@ def test_killed_worker_is_one_line_then_resume_gives_one_process_losses(
   values = {}
   for layout, extra in (("cpu_1", []), ("multihost_ep", [
       "--cluster", ",".join(addresses)])):   # the worker still serves
-    evaluated = helpers.cli("eval", *MODEL[:2], "--gin_file=layouts/" + layout,
+    evaluated = _cli("eval", *MODEL[:2], "--gin_file=layouts/" + layout,
                             "--model_dir", model_dir, *extra)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     found = re.search(r"^step %d: validation neg_log_perplexity (-[0-9.]+)"
@@ -244,27 +256,64 @@ def test_a_worker_of_another_cluster_is_refused(workers, tmp_path):
   addresses = _addresses(3)
   workers(addresses, 1)   # started for 3 tasks
   model_dir = str(tmp_path / "never")
-  result = helpers.cli(*_train(model_dir, addresses[:2], "--steps", "2")[3:])
+  result = _cli(*_train(model_dir, addresses[:2], "--steps", "2")[3:])
   _one_line_exit_2(result, model_dir, "worker task 1 at %s was started with "
                    "--cluster=%s --task=1, not this cluster" % (
                        addresses[1], ",".join(addresses)))
+  # The right cluster, but hosts without the GPUs asked for.
+  workers(addresses, 2)
+  result = _cli(*_train(model_dir, addresses, "--steps", "2",
+                        "--gpus_per_host=2")[3:])
+  _one_line_exit_2(result, model_dir, "the mesh needs /job:worker/replica:0/"
+                   "task:0/device:GPU:0, which task 0 does not have")
 
 
 def test_unreachable_worker_and_impossible_layouts_are_one_line(tmp_path):
   addresses = _addresses(2)   # nothing serves the worker's port
   model_dir = str(tmp_path / "never")
-  result = helpers.cli(*_train(model_dir, addresses, "--steps", "2",
+  result = _cli(*_train(model_dir, addresses, "--steps", "2",
                                "--worker_timeout_s", "2")[3:])
   _one_line_exit_2(result, model_dir, "worker task 1 at %s is unreachable "
                    "after 2 s" % addresses[1])
-  result = helpers.cli(*_train(
+  result = _cli(*_train(
       model_dir, addresses, "--steps", "2",
       "--gin_param=utils.run.mesh_shape = 'batch:4'")[3:])
   _one_line_exit_2(result, model_dir, "'batch:4' needs 4 devices but the "
                    "cluster has 2")
-  result = helpers.cli("train", *MODEL, "--gin_file=layouts/multihost_ep",
+  result = _cli("train", *MODEL, "--gin_file=layouts/multihost_ep",
                        "--model_dir", model_dir, "--steps", "2")
   _one_line_exit_2(result, model_dir, "add --cluster=HOST:PORT")
-  result = helpers.cli(*_train(model_dir, addresses, "--steps", "2",
+  result = _cli("train", *MODEL, "--gin_file=layouts/cpu_ep_2",
+                "--model_dir", model_dir, "--steps", "2", "--gpus_per_host=2")
+  _one_line_exit_2(result, model_dir, "--gpus_per_host are for --cluster "
+                   "runs")
+  result = _cli(*_train(model_dir, addresses, "--steps", "2",
                                "--tpu", "my-tpu")[3:])
   _one_line_exit_2(result, model_dir, "--cluster and --tpu=my-tpu")
+
+
+def test_a_lost_worker_is_one_line_whoever_notices(monkeypatch):
+  """TensorFlow's error for a lost task (eval, score: a plain session) and
+  a second training session (TensorFlow recovered a worker by itself) both
+  end in one line."""
+  from switch_mtf import errors  # pylint: disable=g-import-not-at-top
+  from switch_mtf import training  # pylint: disable=g-import-not-at-top
+
+  class UnavailableError(Exception):
+    pass
+  message, status = errors.user_error(UnavailableError(
+      "Graph execution error:\n\nSocket closed\nAdditional GRPC error "
+      "information from remote target /job:worker/replica:0/task:1"))
+  assert status == 1 and message.startswith(
+      "TensorFlow lost a task of the --cluster run (UnavailableError: "
+      "Additional GRPC error information from remote target /job:worker/")
+  assert errors.user_error(UnavailableError("no cluster here")) is None
+
+  exits = []
+  monkeypatch.setattr(errors, "exit_now", lambda *a: exits.append(a))
+  hook = training.OneSessionHook()
+  hook.after_create_session(None, None)
+  assert not exits
+  hook.after_create_session(None, None)
+  assert len(exits) == 1 and exits[0][1] == 1
+  assert "TensorFlow restarted the session" in exits[0][0]
