@@ -59,7 +59,9 @@ def test_switch_attention_settings_are_switch_configs_with_its_defaults():
   signature); the defaults are SwitchConfig's except the attention's own;
   the other keywords reach Mesh TF's SelfAttention."""
   import inspect  # pylint: disable=g-import-not-at-top
+  import gin  # pylint: disable=g-import-not-at-top
   from switch_mtf import attention  # pylint: disable=g-import-not-at-top
+  gin.clear_config()   # no bindings left by other tests
   signature = inspect.signature(attention.SwitchSelfAttention.__init__)
   for field in layers.dataclasses.fields(layers.SwitchConfig):
     expected = attention.SwitchSelfAttention.DEFAULTS.get(field.name,
