@@ -304,14 +304,19 @@ def _patch_checkpoint_resave():
   hook_class.after_create_session = after_create_session
 
 
-class _TfWithoutPrint(object):
-  """tf.compat.v1 for mesh_tensorflow.transformer.utils, minus tf.Print."""
+class _ModuleView(object):
+  """A module as one upstream module sees it: every attribute of the real
+  one, except those a subclass replaces."""
 
-  def __init__(self, tf_module):
-    self._tf = tf_module
+  def __init__(self, module):
+    self._module = module
 
   def __getattr__(self, name):
-    return getattr(self._tf, name)
+    return getattr(self._module, name)
+
+
+class _TfWithoutPrint(_ModuleView):
+  """tf.compat.v1 for mesh_tensorflow.transformer.utils, minus tf.Print."""
 
   @staticmethod
   def Print(tensor, *args, **kwargs):  # pylint: disable=invalid-name
@@ -337,21 +342,15 @@ def spread_master_variables(devices):
   _MASTER_DEVICES[:] = list(devices)
 
 
-class _MtfWithVariablePlacer(object):
+class _MtfWithVariablePlacer(_ModuleView):
   """mesh_tensorflow for mesh_tensorflow.transformer.utils, whose meshes
   get a variable placer off TPU when one is asked for (see 13)."""
 
-  def __init__(self, mtf_module):
-    self._mtf = mtf_module
-
-  def __getattr__(self, name):
-    return getattr(self._mtf, name)
-
   def Mesh(self, graph, name, variable_placer=None):  # pylint: disable=invalid-name
     if variable_placer is None and _MASTER_DEVICES:
-      variable_placer = self._mtf.utils.BalancedVariablePlacer(
+      variable_placer = self._module.utils.BalancedVariablePlacer(
           list(_MASTER_DEVICES))
-    return self._mtf.Mesh(graph, name, variable_placer)
+    return self._module.Mesh(graph, name, variable_placer)
 
 
 def _place_master_variables():
@@ -360,22 +359,16 @@ def _place_master_variables():
     utils.mtf = _MtfWithVariablePlacer(utils.mtf)
 
 
-class _TfWithScaledAttentionInit(object):
+class _TfWithScaledAttentionInit(_ModuleView):
   """tf.compat.v1 for mesh_tensorflow.transformer.attention, whose normal
   initializers follow the gin init scale (see 10)."""
-
-  def __init__(self, tf_module):
-    self._tf = tf_module
-
-  def __getattr__(self, name):
-    return getattr(self._tf, name)
 
   def random_normal_initializer(self, mean=0.0, stddev=1.0, seed=None,
                                 dtype=None):
     from switch_mtf import models  # pylint: disable=g-import-not-at-top
     del dtype
     scale = models.attention_init_scale()  # gin-configured
-    return self._tf.truncated_normal_initializer(
+    return self._module.truncated_normal_initializer(
         mean=mean, stddev=stddev * scale ** 0.5, seed=seed)
 
 
