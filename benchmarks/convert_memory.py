@@ -29,8 +29,8 @@ RESULTS = os.path.join(HERE, "results")
 
 
 def _write_random_checkpoint(path, experts):
-  from switch_mtf import hf_conversion  # pylint: disable=g-import-not-at-top
-  from switch_mtf import hf_files  # pylint: disable=g-import-not-at-top
+  from switch_mtf.hf import conversion as hf_conversion  # pylint: disable=g-import-not-at-top
+  from switch_mtf.hf import files as hf_files  # pylint: disable=g-import-not-at-top
   arch = hf_conversion.Architecture(
       vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_heads=12,
       encoder_layers=12, decoder_layers=12, num_experts=experts,

@@ -29,9 +29,9 @@ from mesh_tensorflow.transformer import moe
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-from switch_mtf import layers
-from switch_mtf import mesh_program
-from switch_mtf import routing
+from switch_mtf.moe import layers
+from switch_mtf.train import mesh_program
+from switch_mtf.moe import routing
 
 TOKENS, D_MODEL, D_FF, CF = 8192, 512, 2048, 1.25
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")

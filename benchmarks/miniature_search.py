@@ -16,7 +16,7 @@ import time
 import switch_mtf  # noqa: F401  (compat patches before Mesh TF)
 import tensorflow.compat.v1 as tf
 
-from switch_mtf import experiments
+from switch_mtf.reproduction import runs as experiments
 from switch_mtf.tasks import embedded
 from switch_mtf.tasks import vocabularies
 

@@ -2,7 +2,7 @@
 
 For each gin model: trains it with ``switch-mtf train``'s code (one CPU
 device, seed fixed), then trains Hugging Face's model of the same shapes
-(``switch_mtf.hf_peer``) from our step-0 checkpoint on exactly the batches
+(``switch_mtf.hf.peer``) from our step-0 checkpoint on exactly the batches
 ours consumed, with Mesh TF's Adafactor and loss; both are scored on the
 same fixed validation examples at the same steps.  Writes a Markdown table,
 a plot and the raw numbers to ``--output_dir``/``--name``.
@@ -30,10 +30,10 @@ import tensorflow.compat.v1 as tf
 
 from switch_mtf import checkpoint_io
 from switch_mtf import config
-from switch_mtf import evaluation
-from switch_mtf import experiments
-from switch_mtf import hf_conversion
-from switch_mtf import hf_peer
+from switch_mtf.train import evaluation
+from switch_mtf.reproduction import runs as experiments
+from switch_mtf.hf import conversion as hf_conversion
+from switch_mtf.hf import peer as hf_peer
 from switch_mtf.tasks import embedded
 
 HERE = os.path.dirname(os.path.abspath(__file__))

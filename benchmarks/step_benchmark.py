@@ -10,7 +10,7 @@ Measured in one run, on this machine, so that ratios compare like with like:
   (``--activation relu``, the default here) so that Hugging Face's Switch
   model, which has no gated experts, computes the same FLOPs;
 - Hugging Face's T5 / SwitchTransformers of the same shapes in torch on the
-  same batches, with Mesh TF's Adafactor (``switch_mtf.hf_peer``);
+  same batches, with Mesh TF's Adafactor (``switch_mtf.hf.peer``);
 - start-up: seconds from the command to the first training step, one
   evaluation of the validation split (first and repeated), ``--help`` and
   ``info``.
@@ -84,9 +84,9 @@ def _hf_speed(model, steps, activation):
   import switch_mtf  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
   from switch_mtf import config  # pylint: disable=g-import-not-at-top
-  from switch_mtf import hf_conversion  # pylint: disable=g-import-not-at-top
-  from switch_mtf import hf_peer  # pylint: disable=g-import-not-at-top
-  from switch_mtf import run as run_lib  # pylint: disable=g-import-not-at-top
+  from switch_mtf.hf import conversion as hf_conversion  # pylint: disable=g-import-not-at-top
+  from switch_mtf.hf import peer as hf_peer  # pylint: disable=g-import-not-at-top
+  from switch_mtf.train import run as run_lib  # pylint: disable=g-import-not-at-top
   from switch_mtf.tasks import embedded  # pylint: disable=g-import-not-at-top
   tf.disable_eager_execution()
   task = embedded.register()
@@ -129,7 +129,7 @@ def _evaluation_seconds(model):
   import switch_mtf  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
   from switch_mtf import config  # pylint: disable=g-import-not-at-top
-  from switch_mtf import run as run_lib  # pylint: disable=g-import-not-at-top
+  from switch_mtf.train import run as run_lib  # pylint: disable=g-import-not-at-top
   from switch_mtf.tasks import embedded  # pylint: disable=g-import-not-at-top
   tf.disable_eager_execution()
   task = embedded.register()
@@ -153,7 +153,7 @@ def _profile(model, layout, activation, steps=20, params=()):
   import switch_mtf  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
   from switch_mtf import config  # pylint: disable=g-import-not-at-top
-  from switch_mtf import run as run_lib  # pylint: disable=g-import-not-at-top
+  from switch_mtf.train import run as run_lib  # pylint: disable=g-import-not-at-top
   from switch_mtf.tasks import embedded  # pylint: disable=g-import-not-at-top
   tf.disable_eager_execution()
   task = embedded.register()
@@ -195,7 +195,7 @@ def _profile(model, layout, activation, steps=20, params=()):
   with tempfile.TemporaryDirectory() as model_dir:
     net = run_lib.make_model(model_dir, 8, lengths,
                              save_checkpoints_steps=10 ** 6)
-    from switch_mtf import training  # pylint: disable=g-import-not-at-top
+    from switch_mtf.train import training  # pylint: disable=g-import-not-at-top
     _train_with_hook(training, net, task.name, 10 + steps, Trace())
   total = sum(by_type.values())
   print("%s on %s: %.1f ms/step wall (traced), op time %.1f ms/step" % (

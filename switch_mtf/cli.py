@@ -4,7 +4,7 @@ import json
 import os
 import sys
 
-from switch_mtf import cluster
+from switch_mtf.train import cluster
 from switch_mtf import errors
 from switch_mtf import text_files
 from switch_mtf.errors import ConfigError
@@ -23,7 +23,7 @@ def _set_up_tensorflow():
 
 
 def _demo(args):
-  from switch_mtf import demo  # pylint: disable=g-import-not-at-top
+  from switch_mtf.reproduction import demo  # pylint: disable=g-import-not-at-top
   _set_up_tensorflow()
   demo.run(steps=args.steps, num_devices=args.devices,
            num_experts=args.experts, seed=args.seed,
@@ -31,7 +31,7 @@ def _demo(args):
 
 
 def _reproduce(args):
-  from switch_mtf import reproduction  # pylint: disable=g-import-not-at-top
+  from switch_mtf.reproduction import plan as reproduction  # pylint: disable=g-import-not-at-top
   names = (args.experiments.split(",") if args.experiments
            else reproduction.QUICK_EXPERIMENTS if args.quick
            else reproduction.EXPERIMENTS)
@@ -42,7 +42,7 @@ def _reproduce(args):
 
 
 def _info(args):
-  from switch_mtf import accounting  # pylint: disable=g-import-not-at-top
+  from switch_mtf.moe import accounting  # pylint: disable=g-import-not-at-top
   from switch_mtf import config  # pylint: disable=g-import-not-at-top
   config.parse(args.gin_file, args.gin_param)
   lengths = config.query("utils.run.sequence_length",
@@ -63,7 +63,7 @@ def _prepare(args):
   """Imports the --module_import modules, parses gin, registers the tasks
   --task needs and checks that it exists."""
   from switch_mtf import config  # pylint: disable=g-import-not-at-top
-  from switch_mtf import run  # pylint: disable=g-import-not-at-top
+  from switch_mtf.train import run  # pylint: disable=g-import-not-at-top
   import importlib  # pylint: disable=g-import-not-at-top
   _set_up_tensorflow()
   import switch_mtf.tasks.local  # pylint: disable=g-import-not-at-top,unused-import
@@ -81,7 +81,7 @@ def _prepare(args):
 def _run_setup(args):
   """``_prepare``; returns (the run module, the sequence lengths)."""
   from switch_mtf import config  # pylint: disable=g-import-not-at-top
-  from switch_mtf import run  # pylint: disable=g-import-not-at-top
+  from switch_mtf.train import run  # pylint: disable=g-import-not-at-top
   _prepare(args)
   return run, config.query("utils.run.sequence_length",
                            {"inputs": 512, "targets": 114})
@@ -230,7 +230,7 @@ def _score(args):
 
 
 def _finetune(args):
-  from switch_mtf import workflows  # pylint: disable=g-import-not-at-top
+  from switch_mtf.train import workflows  # pylint: disable=g-import-not-at-top
   run, lengths = _run_setup(args)
   _, step = _checkpoint(run, args.pretrained_model_dir,
                         "--pretrained_model_dir")
@@ -248,7 +248,7 @@ def _finetune(args):
 
 
 def _upcycle(args):
-  from switch_mtf import workflows  # pylint: disable=g-import-not-at-top
+  from switch_mtf.train import workflows  # pylint: disable=g-import-not-at-top
   run, lengths = _run_setup(args)
   prefix, written = workflows.upcycled_start(
       args.dense_model_dir, args.model_dir,
@@ -261,7 +261,7 @@ def _upcycle(args):
 
 
 def _distill(args):
-  from switch_mtf import workflows  # pylint: disable=g-import-not-at-top
+  from switch_mtf.train import workflows  # pylint: disable=g-import-not-at-top
   run, lengths = _run_setup(args)
   with workflows.distilling(
       args.teacher_model_dir, args.model_dir,
@@ -277,7 +277,7 @@ def _distill(args):
 
 
 def _convert(args):
-  from switch_mtf import hf_conversion  # pylint: disable=g-import-not-at-top
+  from switch_mtf.hf import conversion as hf_conversion  # pylint: disable=g-import-not-at-top
   _set_up_tensorflow()
   if args.from_hf:
     hf_conversion.import_hf(args.from_hf, args.model_dir,

@@ -365,7 +365,7 @@ class _TfWithScaledAttentionInit(_ModuleView):
 
   def random_normal_initializer(self, mean=0.0, stddev=1.0, seed=None,
                                 dtype=None):
-    from switch_mtf import models  # pylint: disable=g-import-not-at-top
+    from switch_mtf.moe import models  # pylint: disable=g-import-not-at-top
     del dtype
     scale = models.attention_init_scale()  # gin-configured
     return self._module.truncated_normal_initializer(

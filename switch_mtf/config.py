@@ -17,9 +17,9 @@ from switch_mtf import compat
 from switch_mtf.errors import ConfigError
 
 # Modules whose configurables our gin files name.
-import switch_mtf.layers  # noqa: F401,E402
-import switch_mtf.models  # noqa: F401,E402
-import switch_mtf.routing  # noqa: F401,E402
+import switch_mtf.moe.layers  # noqa: F401,E402
+import switch_mtf.moe.models  # noqa: F401,E402
+import switch_mtf.moe.routing  # noqa: F401,E402
 
 
 def gin_dir():

@@ -1,4 +1,4 @@
-"""The embedded offline corpus (``switch_mtf/corpus.py``) as seqio tasks.
+"""The embedded offline corpus (``tasks/corpus.py``) as seqio tasks.
 
 - ``switch_mtf_embedded_span_corruption``: T5's span corruption (noise
   density 0.15, mean span 3, one sentinel per span) over the generated
@@ -16,7 +16,7 @@ from t5.data import postprocessors as t5_postprocessors
 from t5.evaluation import metrics as t5_metrics
 import tensorflow.compat.v1 as tf
 
-from switch_mtf import corpus
+from switch_mtf.tasks import corpus
 from switch_mtf.tasks import text_to_text
 from switch_mtf.tasks import vocabularies
 

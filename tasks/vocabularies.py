@@ -12,7 +12,7 @@ import tempfile
 import seqio
 import tensorflow.compat.v1 as tf
 
-from switch_mtf import corpus
+from switch_mtf.tasks import corpus
 from switch_mtf.errors import ConfigError
 
 T5_VOCABULARY = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"

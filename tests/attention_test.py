@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 
 import helpers
-from switch_mtf import accounting
+from switch_mtf.moe import accounting
 from switch_mtf import config
-from switch_mtf import layers
-from switch_mtf import mesh_program
-from switch_mtf import models
-from switch_mtf import router_summaries
+from switch_mtf.moe import layers
+from switch_mtf.train import mesh_program
+from switch_mtf.moe import models
+from switch_mtf.moe import router_summaries
 from switch_mtf.errors import ConfigError
 
 VOCAB = 64
@@ -60,7 +60,7 @@ def test_switch_attention_settings_are_switch_configs_with_its_defaults():
   the other keywords reach Mesh TF's SelfAttention."""
   import inspect  # pylint: disable=g-import-not-at-top
   import gin  # pylint: disable=g-import-not-at-top
-  from switch_mtf import attention  # pylint: disable=g-import-not-at-top
+  from switch_mtf.moe import attention  # pylint: disable=g-import-not-at-top
   gin.clear_config()   # no bindings left by other tests
   signature = inspect.signature(attention.SwitchSelfAttention.__init__)
   for field in layers.dataclasses.fields(layers.SwitchConfig):

@@ -1,9 +1,9 @@
 """Expert capacity and token groups (issue test 1, plus the bad values)."""
 import pytest
 
-from switch_mtf import capacity
+from switch_mtf.moe import capacity
 from switch_mtf.errors import ConfigError
-from switch_mtf.layers import SwitchConfig
+from switch_mtf.moe.layers import SwitchConfig
 
 
 @pytest.mark.parametrize("group,experts,factor,minimum,expected", [

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 import helpers
-from switch_mtf import cluster
-from switch_mtf import layers
-from switch_mtf import routing
+from switch_mtf.train import cluster
+from switch_mtf.moe import layers
+from switch_mtf.moe import routing
 from switch_mtf.errors import ConfigError
 
 MODEL = ["--gin_file=models/small/switch_8",
@@ -297,7 +297,7 @@ def test_a_lost_worker_is_one_line_whoever_notices(monkeypatch):
   a second training session (TensorFlow recovered a worker by itself) both
   end in one line."""
   from switch_mtf import errors  # pylint: disable=g-import-not-at-top
-  from switch_mtf import training  # pylint: disable=g-import-not-at-top
+  from switch_mtf.train import training  # pylint: disable=g-import-not-at-top
 
   class UnavailableError(Exception):
     pass

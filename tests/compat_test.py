@@ -12,7 +12,8 @@ sys.path.insert(0, %r)
 import numpy as np
 import switch_mtf
 import helpers
-from switch_mtf import layers, routing
+from switch_mtf.moe import layers
+from switch_mtf.moe import routing
 tokens = np.random.RandomState(0).randn(2, 8, 4).astype(np.float32)
 config = layers.SwitchConfig(num_experts=4, hidden_size=8, group_size=8,
                              expert_dropout_rate=0.3)
@@ -65,7 +66,7 @@ def test_attention_kernels_follow_the_gin_init_scale():
   import gin  # pylint: disable=g-import-not-at-top
   import mesh_tensorflow as mtf  # pylint: disable=g-import-not-at-top
   from mesh_tensorflow.transformer import attention  # pylint: disable=g-import-not-at-top
-  from switch_mtf import mesh_program  # pylint: disable=g-import-not-at-top
+  from switch_mtf.train import mesh_program  # pylint: disable=g-import-not-at-top
   kernels = {}
   # case: (the attention kernels' scale, the gin bindings)
   everywhere = "mesh_tensorflow.layers.VarianceScalingInitializer.scale"

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import helpers
-from switch_mtf import layers
-from switch_mtf import routing
+from switch_mtf.moe import layers
+from switch_mtf.moe import routing
 
 ROUTERS = {
     "switch": lambda: routing.SwitchRouter(policy_train="argmax"),

@@ -1,4 +1,4 @@
-"""Distillation (switch_mtf/distillation.py, `switch-mtf distill`): the
+"""Distillation (switch_mtf/train/distillation.py, `switch-mtf distill`): the
 student starts from exactly the teacher's non-expert weights, the loss is the
 hard/soft mix, and the mode runs end to end on a 2-device CPU mesh."""
 import os
@@ -11,12 +11,12 @@ import seqio
 import tensorflow.compat.v1 as tf
 
 import helpers
-from switch_mtf import accounting
+from switch_mtf.moe import accounting
 from switch_mtf import config
-from switch_mtf import distillation
-from switch_mtf import mesh_program
-from switch_mtf import models
-from switch_mtf import upcycling
+from switch_mtf.train import distillation
+from switch_mtf.train import mesh_program
+from switch_mtf.moe import models
+from switch_mtf.train import upcycling
 from switch_mtf.errors import ConfigError
 
 VOCAB = seqio.ByteVocabulary(extra_ids=100).vocab_size

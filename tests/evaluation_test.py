@@ -6,8 +6,8 @@ import pytest
 import tensorflow.compat.v1 as tf
 
 from switch_mtf import config
-from switch_mtf import evaluation
-from switch_mtf import run
+from switch_mtf.train import evaluation
+from switch_mtf.train import run
 from switch_mtf.tasks import embedded
 
 LENGTHS = {"inputs": 64, "targets": 16}

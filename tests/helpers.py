@@ -6,9 +6,9 @@ import sys
 import mesh_tensorflow as mtf
 import numpy as np
 
-from switch_mtf import layers
-from switch_mtf import mesh_program
-from switch_mtf import routing
+from switch_mtf.moe import layers
+from switch_mtf.train import mesh_program
+from switch_mtf.moe import routing
 
 KERNELS = ("router/kernel", "wi/kernel", "wi_0/kernel", "wi_1/kernel",
            "wo/kernel")

@@ -23,10 +23,10 @@ import helpers
 from switch_mtf import checkpoint_io
 from switch_mtf import cli
 from switch_mtf import config
-from switch_mtf import hf_conversion
-from switch_mtf import mesh_program
-from switch_mtf import models
-from switch_mtf import run  # noqa: F401  (what operative configs name)
+from switch_mtf.hf import conversion as hf_conversion
+from switch_mtf.train import mesh_program
+from switch_mtf.moe import models
+from switch_mtf.train import run  # noqa: F401  (what operative configs name)
 from switch_mtf.errors import ConfigError
 
 VOCAB = 128
@@ -396,7 +396,7 @@ def _imported(tmp_path, name):
         num_sparse_decoder_layers=12, num_experts=128,
         feed_forward_proj="gated-gelu", tie_word_embeddings=False))])
 def test_released_configs_map_onto_our_released_presets(preset, hub_config):
-  from switch_mtf import accounting  # pylint: disable=g-import-not-at-top
+  from switch_mtf.moe import accounting  # pylint: disable=g-import-not-at-top
   names = ["x.wi_0.weight"] if "feed_forward_proj" in hub_config else []
   arch = hf_conversion.architecture_from_hf(
       dict(hub_config, model_type="switch_transformers", vocab_size=32128),

@@ -12,10 +12,10 @@ import tensorflow.compat.v1 as tf
 
 from switch_mtf import checkpoint_io
 from switch_mtf import config
-from switch_mtf import evaluation
-from switch_mtf import hf_conversion
-from switch_mtf import hf_peer
-from switch_mtf import run
+from switch_mtf.train import evaluation
+from switch_mtf.hf import conversion as hf_conversion
+from switch_mtf.hf import peer as hf_peer
+from switch_mtf.train import run
 from switch_mtf.tasks import embedded
 
 LENGTHS = {"inputs": 64, "targets": 16}

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import helpers
-from switch_mtf import layers
-from switch_mtf import mesh_program
-from switch_mtf import router_summaries
-from switch_mtf import routing
+from switch_mtf.moe import layers
+from switch_mtf.train import mesh_program
+from switch_mtf.moe import router_summaries
+from switch_mtf.moe import routing
 
 MESH, LAYOUT = "batch:2", "batch:batch,experts:batch"
 VOCAB, LENGTH, BATCH = 16, 16, 8

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import helpers
-from switch_mtf import layers
+from switch_mtf.moe import layers
 from switch_mtf.errors import ConfigError
 
 LAYOUTS = {

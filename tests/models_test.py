@@ -6,13 +6,13 @@ import mesh_tensorflow as mtf
 import numpy as np
 import pytest
 
-from switch_mtf import accounting
-from switch_mtf import cluster
-from switch_mtf import layers
+from switch_mtf.moe import accounting
+from switch_mtf.train import cluster
+from switch_mtf.moe import layers
 from switch_mtf import config
-from switch_mtf import layout as layout_lib
-from switch_mtf import mesh_program
-from switch_mtf import models
+from switch_mtf.moe import layout as layout_lib
+from switch_mtf.train import mesh_program
+from switch_mtf.moe import models
 from switch_mtf.errors import ConfigError
 
 GIN = config.gin_dir()
@@ -265,7 +265,7 @@ def test_an_older_operative_config_still_builds_its_model():
   reproduce` (small/switch_8) before any module move; its gin imports and
   module-qualified names must keep resolving (distill and eval re-read
   these files from model directories)."""
-  from switch_mtf import run  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  from switch_mtf.train import run  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   config.parse([os.path.join(os.path.dirname(__file__), "data",
                              "operative_config_2026_12.gin")])
   model = models.build_model("bitransformer", 260)

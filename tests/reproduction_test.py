@@ -1,4 +1,4 @@
-"""The reproduction (switch_mtf/reproduction.py, report.py, experiments.py):
+"""The reproduction (switch_mtf/reproduction/plan.py, report.py, runs.py):
 the analysis on hand-made records, and `switch-mtf reproduce` end to end on
 a local text corpus (not the embedded one), resumed from its records."""
 import json
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import helpers
-from switch_mtf import reproduction as rp
+from switch_mtf.reproduction import plan as rp
 
 
 def _record(evaluations, seconds_per_step, steps=100, loss0=4.0, slope=0.01):
@@ -119,7 +119,7 @@ def test_reproduce_on_a_local_corpus_then_resume(tmp_path):
   assert set(results["experts"]) == {"dense", "switch_8"}
   assert set(results["balance"]) == {"switch_8", "switch_8_alpha0"}
   assert set(results["cost"]) == {"dense", "switch_8", "cost_switch_64"}
-  # The workflows (switch_mtf/workflows.py) through the reproduction: a
+  # The workflows (switch_mtf/train/workflows.py) through the reproduction: a
   # student distilled from switch_8, a Switch model upcycled from dense.
   assert set(results["distill"]) == {"dense", "switch_8",
                                      "distill_dense_init"}
@@ -176,7 +176,7 @@ def test_distillation_and_upcycling_runs():
 
 
 def test_distillation_report_gives_the_share_of_the_teacher_gain(tmp_path):
-  from switch_mtf import report  # pylint: disable=g-import-not-at-top
+  from switch_mtf.reproduction import report  # pylint: disable=g-import-not-at-top
   def record(value, student_init=True, teacher=None):
     return dict(evaluations=[dict(step=10, neg_log_perplexity=value)],
                 parameters=1, spec=dict(steps=10, student_init=student_init,

@@ -1,5 +1,5 @@
 """Router summaries: the tags written by the layer, read back by layer."""
-from switch_mtf import router_summaries
+from switch_mtf.moe import router_summaries
 
 SCALARS = {
     "loss": 2.5,

@@ -6,9 +6,9 @@ import tensorflow.compat.v1 as tf
 
 import helpers
 import reference
-from switch_mtf import layers
-from switch_mtf import routing
-from switch_mtf import mesh_program
+from switch_mtf.moe import layers
+from switch_mtf.moe import routing
+from switch_mtf.train import mesh_program
 from switch_mtf.errors import ConfigError
 
 ARGMAX = dict(policy_train="argmax")

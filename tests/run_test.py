@@ -51,6 +51,28 @@ def test_train_writes_checkpoints_and_config(trained):
   assert sorted(losses) == [1, 2, 3, 4, 5, 6] and losses[6] < losses[1]
 
 
+
+def test_eval_reads_an_operative_config_written_before_the_move(trained,
+                                                                 tmp_path):
+  """A model dir of before the subpackage move: its operative_config.gin
+  (tests/data, written by switch_mtf 0c2f8ae for this very model) imports
+  switch_mtf.layers, .models, .routing and .distillation, which now live in
+  switch_mtf.moe and switch_mtf.train.  It still parses and evaluates."""
+  model_dir, _ = trained
+  old_config = os.path.join(os.path.dirname(__file__), "data",
+                            "operative_config_2026_12.gin")
+  with open(old_config) as f:
+    assert "import switch_mtf.layers as" in f.read()
+  copy = str(tmp_path / "old_model_dir")
+  shutil.copytree(model_dir, copy)
+  shutil.copy(old_config, os.path.join(copy, "operative_config.gin"))
+  result = helpers.cli(
+      "eval", "--gin_file=" + os.path.join(copy, "operative_config.gin"),
+      "--gin_file=layouts/cpu_1", "--model_dir", copy)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert re.search(r"^step \d+: validation neg_log_perplexity -\d+\.\d+ ",
+                   result.stdout, re.M), result.stdout
+
 def test_train_prints_progress_and_router_health(trained):
   _, first = trained
   line = re.search(r"^step 3/6  loss [0-9.]+  aux ([0-9.]+)  [0-9.]+ steps/s"
@@ -232,7 +254,7 @@ def test_finetune_on_qa_with_expert_dropout_then_task_metrics(trained,
   with open(os.path.join(eval_dir,
                          "switch_mtf_embedded_closed_book_qa_targets")) as f:
     targets = f.read().split("\n")
-  from switch_mtf import corpus  # pylint: disable=g-import-not-at-top
+  from switch_mtf.tasks import corpus  # pylint: disable=g-import-not-at-top
   count = len(corpus.closed_book_qa()["validation"])
   assert len(predictions) == len(targets) == count
   # SQuAD exact match: answers compared after normalization.

@@ -8,10 +8,10 @@ import pytest
 import tensorflow.compat.v1 as tf
 
 from switch_mtf import config
-from switch_mtf import layers
-from switch_mtf import mesh_program
-from switch_mtf import models
-from switch_mtf import routing
+from switch_mtf.moe import layers
+from switch_mtf.train import mesh_program
+from switch_mtf.moe import models
+from switch_mtf.moe import routing
 
 MESH, LAYOUT = "batch:4", "batch:batch,experts:batch"
 

@@ -9,7 +9,7 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from switch_mtf import corpus
+from switch_mtf.tasks import corpus
 from switch_mtf.errors import ConfigError
 from switch_mtf.tasks import text_to_text
 from switch_mtf.tasks import vocabularies

@@ -1,4 +1,4 @@
-"""Sparse upcycling (switch_mtf/upcycling.py, `switch-mtf upcycle`): experts
+"""Sparse upcycling (switch_mtf/train/upcycling.py, `switch-mtf upcycle`): experts
 start as copies of the dense feed-forward layer, the router is new, the rest
 is copied; mismatched models are one clear error."""
 import os
@@ -9,9 +9,9 @@ import seqio
 import tensorflow.compat.v1 as tf
 
 import helpers
-from switch_mtf import accounting
+from switch_mtf.moe import accounting
 from switch_mtf import config
-from switch_mtf import upcycling
+from switch_mtf.train import upcycling
 from switch_mtf.errors import ConfigError
 
 VOCAB = seqio.ByteVocabulary(extra_ids=100).vocab_size

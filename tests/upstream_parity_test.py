@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
-from switch_mtf import layers
-from switch_mtf import routing
-from switch_mtf import mesh_program
+from switch_mtf.moe import layers
+from switch_mtf.moe import routing
+from switch_mtf.train import mesh_program
 
 E, M, H = 4, 8, 16
 

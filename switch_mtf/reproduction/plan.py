@@ -1,6 +1,6 @@
 """The paper's claims in miniature (paper_facts §6-7), measured side by side.
 
-Each experiment is a list of runs (``experiments.RunSpec``) on the small
+Each experiment is a list of runs (``runs.RunSpec``) on the small
 FLOP-matched models of ``gin/models/small`` and an analysis of their records
 into a table.  ``reproduce`` runs the chosen experiments (runs shared by two
 experiments are trained once), then ``report.write`` turns the results into
@@ -14,7 +14,7 @@ import os
 import statistics
 import time
 
-from switch_mtf import experiments as ex
+from switch_mtf.reproduction import runs as ex
 from switch_mtf.errors import ConfigError
 
 EMBEDDED_TASK = "switch_mtf_embedded_span_corruption"
@@ -195,7 +195,7 @@ def reproduce(names=EXPERIMENTS, quick=False, output_dir="runs/reproduce",
   ``steps`` overrides the scale's pre-training steps (the other step counts
   follow in proportion).
   """
-  from switch_mtf import report  # pylint: disable=g-import-not-at-top
+  from switch_mtf.reproduction import report  # pylint: disable=g-import-not-at-top
   scale = QUICK if quick else FULL
   if steps:
     scale = scaled(scale, steps)

@@ -18,11 +18,11 @@ import os
 import shutil
 import typing
 
-from switch_mtf import accounting
+from switch_mtf.moe import accounting
 from switch_mtf import config
-from switch_mtf import run as run_lib
-from switch_mtf import training
-from switch_mtf import workflows
+from switch_mtf.train import run as run_lib
+from switch_mtf.train import training
+from switch_mtf.train import workflows
 from switch_mtf.errors import ConfigError
 
 

@@ -8,8 +8,8 @@ interrupted reproduction still leaves a report of what finished.
 import json
 import os
 
-from switch_mtf import experiments as ex
-from switch_mtf import reproduction as rp
+from switch_mtf.reproduction import runs as ex
+from switch_mtf.reproduction import plan as rp
 
 _PAPER = {
     "experts": "Quality improves monotonically with experts at equal FLOPs "
@@ -43,7 +43,7 @@ _PAPER = {
 
 
 _MINIATURE = [
-    "The data: the embedded encyclopedia (`switch_mtf/corpus.py`), 5,000 "
+    "The data: the embedded encyclopedia (`tasks/corpus.py`), 5,000 "
     "fictional cities and people with three articles each that state the "
     "same facts in different words; validation holds out one article of "
     "every 20th entity, so its text is predictable from what training "
@@ -60,7 +60,7 @@ def write(output_dir, results, meta):
     json.dump(dict(meta=meta, results=results), f)
   lines = ["# switch_mtf: the paper in miniature", "",
            "Mode: **%s**; pre-training task `%s`%s; %d s in all "
-           "(steps, models: `switch_mtf/reproduction.py`)." % (
+           "(steps, models: `switch_mtf/reproduction/plan.py`)." % (
                meta["mode"], meta["task"],
                (" with " + ", ".join("`%s`" % p for p in meta["extra_params"])
                 if meta["extra_params"] else ""), meta["seconds"]),

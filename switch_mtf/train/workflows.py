@@ -5,7 +5,7 @@ distilling a trained teacher.  Each returns what ``run.train`` /
 import contextlib
 import os
 
-from switch_mtf import run as run_lib
+from switch_mtf.train import run as run_lib
 
 # Fine-tuning (paper §4 / T5): gin/runs/finetune.gin (dropout 0.1, expert
 # dropout 0.4, constant learning rate) and its learning rate.
@@ -25,7 +25,7 @@ def upcycled_start(dense_model_dir, model_dir, vocab_size, lengths,
   feed-forward layer, a new router), written under ``model_dir`` unless the
   run already has checkpoints of its own (resuming).  Returns its prefix
   and whether it was written now."""
-  from switch_mtf import upcycling  # pylint: disable=g-import-not-at-top
+  from switch_mtf.train import upcycling  # pylint: disable=g-import-not-at-top
   prefix = os.path.join(model_dir, "upcycled", "model.ckpt-0")
   if run_lib.latest_step(model_dir) is not None:
     return prefix, False
@@ -39,7 +39,7 @@ def distilling(teacher_model_dir, model_dir, vocab_size, lengths, batch_size,
   """Within: the parsed gin builds a student that learns from the teacher
   (``distillation.prepare``); yields the student's first checkpoint (None
   when resuming).  On leaving, models are ordinary again."""
-  from switch_mtf import distillation  # pylint: disable=g-import-not-at-top
+  from switch_mtf.train import distillation  # pylint: disable=g-import-not-at-top
   try:
     yield distillation.prepare(teacher_model_dir, model_dir, vocab_size,
                                lengths, batch_size, student_gin,

@@ -28,12 +28,12 @@ import mesh_tensorflow as mtf
 from mesh_tensorflow.transformer import transformer
 import tensorflow.compat.v1 as tf
 
-from switch_mtf import capacity as capacity_lib
-from switch_mtf import dispatch as dispatch_lib
-from switch_mtf import experts as experts_lib
-from switch_mtf import layout as layout_lib
-from switch_mtf import router_summaries
-from switch_mtf import routing
+from switch_mtf.moe import capacity as capacity_lib
+from switch_mtf.moe import dispatch as dispatch_lib
+from switch_mtf.moe import experts as experts_lib
+from switch_mtf.moe import layout as layout_lib
+from switch_mtf.moe import router_summaries
+from switch_mtf.moe import routing
 from switch_mtf.errors import ConfigError
 
 
@@ -292,7 +292,7 @@ class SwitchFFN(transformer.TransformerLayer):
 
   Use it where a stack would have ``DenseReluDense``, e.g. in gin:
     encoder/transformer.make_layer_stack.layers = [
-        @transformer_layers.SelfAttention, @switch_mtf.layers.SwitchFFN, ...]
+        @transformer_layers.SelfAttention, @switch_mtf.moe.layers.SwitchFFN, ...]
 
   In training, the router loss (alpha x aux loss + z-loss coefficient x
   z-loss) is appended to ``context.losses``, so it is summed over layers and

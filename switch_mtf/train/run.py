@@ -20,8 +20,8 @@ import tensorflow.compat.v1 as tf
 
 from switch_mtf import compat
 from switch_mtf import config
-from switch_mtf import evaluation
-from switch_mtf import training
+from switch_mtf.train import evaluation
+from switch_mtf.train import training
 from switch_mtf.errors import ConfigError
 
 
@@ -207,7 +207,7 @@ def intact_checkpoint(directory, flag="--model_dir", out=print):
   """(path, step) of the newest checkpoint in ``directory`` that can be
   restored, saying so when a newer one is damaged; one ConfigError if there
   is none."""
-  from switch_mtf import model_dir  # pylint: disable=g-import-not-at-top
+  from switch_mtf.train import model_dir  # pylint: disable=g-import-not-at-top
   path, damaged = (model_dir.newest_intact(directory)
                    if os.path.isdir(directory) else (None, []))
   if path is None:

@@ -16,7 +16,7 @@ import os
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-from switch_mtf import accounting
+from switch_mtf.moe import accounting
 from switch_mtf import checkpoint_io
 from switch_mtf.errors import ConfigError
 

@@ -73,9 +73,9 @@ import typing
 
 import numpy as np
 
-from switch_mtf import capacity as capacity_lib
+from switch_mtf.moe import capacity as capacity_lib
 from switch_mtf import checkpoint_io
-from switch_mtf import hf_files
+from switch_mtf.hf import files as hf_files
 from switch_mtf.errors import ConfigError
 
 MODEL_TYPE = "switch_transformers"
@@ -345,7 +345,7 @@ def operative_gin(arch, routing, source):
   """Self-contained gin text of the converted model (no includes), checked
   to describe exactly the variables of ``tensor_map(arch)``."""
   import gin  # pylint: disable=g-import-not-at-top
-  from switch_mtf import accounting  # pylint: disable=g-import-not-at-top
+  from switch_mtf.moe import accounting  # pylint: disable=g-import-not-at-top
   from switch_mtf import config  # pylint: disable=g-import-not-at-top
   config.parse(["models/released/common.gin"], gin_bindings(arch, routing))
   counted = accounting.count("bitransformer", arch.vocab_size,
@@ -521,7 +521,7 @@ def export_hf(model_dir, hf_dir, expert_capacity=None,
   from switch_mtf import config as config_lib  # pylint: disable=g-import-not-at-top
   # The configurables a training run's operative config names (t5's
   # dataset functions and MtfModel).
-  from switch_mtf import run  # noqa: F401  pylint: disable=unused-import
+  from switch_mtf.train import run  # noqa: F401  pylint: disable=unused-import
   prefix = tf.train.latest_checkpoint(model_dir) if os.path.isdir(
       model_dir) else None
   if prefix is None:

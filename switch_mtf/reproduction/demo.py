@@ -13,8 +13,8 @@ import json
 import os
 
 from switch_mtf import config
-from switch_mtf import router_summaries
-from switch_mtf import run as run_lib
+from switch_mtf.moe import router_summaries
+from switch_mtf.train import run as run_lib
 from switch_mtf.errors import ConfigError
 from switch_mtf.tasks import embedded
 

@@ -32,8 +32,8 @@ import numpy as np
 import seqio
 import tensorflow.compat.v1 as tf
 
-from switch_mtf import model_dir
-from switch_mtf import models
+from switch_mtf.train import model_dir
+from switch_mtf.moe import models
 from switch_mtf.errors import ConfigError
 
 EVAL_SEED = 0

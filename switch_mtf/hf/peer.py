@@ -33,7 +33,7 @@ import typing
 import numpy as np
 
 from switch_mtf import checkpoint_io
-from switch_mtf import hf_conversion
+from switch_mtf.hf import conversion as hf_conversion
 
 # Mesh TF's Unitransformer.z_loss default (on the output logits, training).
 OUTPUT_Z_LOSS = 1e-4
@@ -45,7 +45,7 @@ def export_batches(task_name, lengths, batch_size, steps, seed):
   """The first ``steps`` training batches of ``switch-mtf train --seed``:
   {feature: int32 [steps, batch, length]} (packed: with segment ids)."""
   import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
-  from switch_mtf import training  # pylint: disable=g-import-not-at-top
+  from switch_mtf.train import training  # pylint: disable=g-import-not-at-top
   columns = {k: [] for k in PACKED_FEATURES}
   with tf.Graph().as_default():
     # The Estimator's graph has this graph-level seed (compat 6), which the

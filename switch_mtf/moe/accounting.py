@@ -20,12 +20,12 @@ import typing
 import mesh_tensorflow as mtf
 from mesh_tensorflow.transformer import transformer_layers
 
-from switch_mtf import attention as attention_lib
-from switch_mtf import capacity as capacity_lib
-from switch_mtf import layers
-from switch_mtf import layout as layout_lib
-from switch_mtf import models
-from switch_mtf import routing
+from switch_mtf.moe import attention as attention_lib
+from switch_mtf.moe import capacity as capacity_lib
+from switch_mtf.moe import layers
+from switch_mtf.moe import layout as layout_lib
+from switch_mtf.moe import models
+from switch_mtf.moe import routing
 from switch_mtf.errors import ConfigError
 
 

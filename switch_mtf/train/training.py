@@ -23,8 +23,8 @@ import tensorflow.compat.v1 as tf
 
 from switch_mtf import compat
 from switch_mtf import errors
-from switch_mtf import model_dir
-from switch_mtf import router_summaries
+from switch_mtf.train import model_dir
+from switch_mtf.moe import router_summaries
 from switch_mtf.errors import ConfigError
 
 

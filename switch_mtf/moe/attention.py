@@ -16,7 +16,7 @@ import mesh_tensorflow as mtf
 from mesh_tensorflow.transformer import transformer_layers
 import tensorflow.compat.v1 as tf
 
-from switch_mtf import layers
+from switch_mtf.moe import layers
 
 
 class _SwitchAttentionParams(object):

@@ -35,10 +35,10 @@ from mesh_tensorflow.transformer import transformer
 import tensorflow.compat.v1 as tf
 from tensorflow_estimator.python.estimator import estimator_lib as tf_estimator
 
-from switch_mtf import accounting
+from switch_mtf.moe import accounting
 from switch_mtf import config
-from switch_mtf import models
-from switch_mtf import upcycling
+from switch_mtf.moe import models
+from switch_mtf.train import upcycling
 from switch_mtf.errors import ConfigError
 
 TEACHER_SCOPE = "teacher"

@@ -23,7 +23,7 @@ from mesh_tensorflow.transformer import transformer
 from mesh_tensorflow.transformer import transformer_layers
 from mesh_tensorflow.transformer import utils as mtf_utils
 
-from switch_mtf import layers
+from switch_mtf.moe import layers
 from switch_mtf.errors import ConfigError
 
 
