@@ -30,7 +30,13 @@ Patches:
      could see either step.  ``order_step_increment()`` (called by our
      training hook before the graph is finalized) makes the increment wait
      for every read of the step that the parameter updates depend on;
-     ``stable_global_step()`` is the one read the random ops share.
+     ``stable_global_step()`` is the one read the random ops share.  The
+     train op is ``tf.group``, which puts the increment and the updates in
+     different NoOps (one per device): the reads are found from the top of
+     that tree.  (Until 2026-12-03 they were looked for from the
+     increment's own NoOp, found none, and the router's jitter drew with
+     step+1's key whenever the increment ran first: a rare, load-dependent
+     divergence of Switch runs, never of dropout-free dense ones.)
   4. ``mesh_tensorflow.transformer.utils`` imports ``pkg_resources``, which
      setuptools >= 82 no longer ships.  We only check for it and say what to do.
   5. Mesh TF's scalar summaries (``mtf.scalar_summary``: the loss, our
@@ -175,15 +181,32 @@ def order_step_increment(graph):
   increments = [op for op in ops
                 if op.type in ("AssignAdd", "AssignAddVariableOp")
                 and op.inputs[0].op.name == step.op.name]
-  names = {op.name for op in increments}
-  # The train op groups the increment with the parameter updates: walk back
-  # from those updates to the reads of the step they depend on.
-  frontier = [c for op in ops if names & {c.name for c in op.control_inputs}
-              for c in op.control_inputs if c.name not in names]
-  seen, reads = set(), []
+  if not increments:
+    return 0
+  controlled_by = {}   # op name -> the ops that have it as a control input
+  for op in ops:
+    for c in op.control_inputs:
+      controlled_by.setdefault(c.name, []).append(op)
+  # The train op groups the increment with the parameter updates, through
+  # a tree of NoOps (tf.group makes one NoOp per device, then one over
+  # those): climb to the top of that tree ...
+  tops, frontier, tree = [], list(increments), set()
   while frontier:
     op = frontier.pop()
-    if op.name in seen:
+    if op.name in tree:
+      continue
+    tree.add(op.name)
+    groups = [g for g in controlled_by.get(op.name, []) if g.type == "NoOp"]
+    if not groups and op.type == "NoOp":
+      tops.append(op)
+    frontier.extend(groups)
+  # ... and walk back from it to the reads of the step, never through the
+  # increment or what runs after it (that would make a cycle).
+  after = _descendants(increments) - (tree - {op.name for op in increments})
+  frontier, seen, reads = list(tops), set(), []
+  while frontier:
+    op = frontier.pop()
+    if op.name in seen or op.name in after:
       continue
     seen.add(op.name)
     if (op.type in ("ReadVariableOp", "Identity") and op.inputs
@@ -194,6 +217,25 @@ def order_step_increment(graph):
   for op in increments:
     op._add_control_inputs(reads)  # pylint: disable=protected-access
   return len(reads)
+
+
+def _descendants(ops):
+  """Names of ``ops`` and of every op that depends on them (data or
+  control)."""
+  graph = ops[0].graph
+  controlled_by = {}
+  for op in graph.get_operations():
+    for c in op.control_inputs:
+      controlled_by.setdefault(c.name, []).append(op)
+  names, frontier = set(), list(ops)
+  while frontier:
+    op = frontier.pop()
+    if op.name in names:
+      continue
+    names.add(op.name)
+    frontier.extend(c for t in op.outputs for c in t.consumers())
+    frontier.extend(controlled_by.get(op.name, []))
+  return names
 
 
 def lowered_scalars(graph):

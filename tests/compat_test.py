@@ -96,3 +96,40 @@ def test_attention_kernels_follow_the_gin_init_scale():
       assert np.std(values[name]) == pytest.approx(truncated * sigma,
                                                    rel=0.03), (scale, name)
       assert np.max(np.abs(values[name])) <= 2 * sigma + 1e-7
+
+
+def test_step_increment_waits_for_the_step_reads_of_the_updates():
+  """Mesh TF's train op is tf.group(updates + [step increment]); tf.group
+  makes one NoOp per device, so the increment sits in another NoOp than
+  the updates.  The increment must still wait for the reads of the step
+  that the updates depend on (step-keyed random numbers, learning rate),
+  and not for a read that itself runs after the increment."""
+  import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
+  from switch_mtf import compat  # pylint: disable=g-import-not-at-top
+  graph = tf.Graph()
+  with graph.as_default():
+    step = tf.train.get_or_create_global_step()
+    with tf.device("/cpu:0"):
+      weight = tf.get_variable("w", initializer=tf.ones([4]),
+                               use_resource=True)
+      noise = tf.random.stateless_uniform(
+          [4], seed=tf.stack([tf.constant(7, tf.int64),
+                              compat.stable_global_step()]))
+      update = weight.assign_add(noise)
+    increment = step.assign_add(1)
+    train_op = tf.group([update, increment])
+    with tf.control_dependencies([increment]):
+      after = step.read_value()   # the new step: must stay after
+    assert len(train_op.control_inputs) == 2   # one NoOp per device
+    assert compat.order_step_increment(graph) == 1
+    ancestors, frontier = set(), [compat.stable_global_step().op]
+    while frontier:
+      op = frontier.pop()
+      ancestors.add(op.name)
+      frontier.extend(t.op for t in op.inputs)
+    (waits_for,) = increment.op.control_inputs
+    assert waits_for.type == "ReadVariableOp" and waits_for.name in ancestors
+    with tf.Session() as session:
+      session.run(tf.global_variables_initializer())
+      _, new_step = session.run([train_op, after])
+    assert new_step == 1
