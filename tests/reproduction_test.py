@@ -147,6 +147,11 @@ def test_reproduce_on_a_local_corpus_then_resume(tmp_path):
     assert max(shares) == pytest.approx(metrics["max_expert_load"])
   alpha0 = results["balance"]["switch_8_alpha0"]
   assert "SwitchRouter.aux_loss_coef = 0.0" in alpha0["spec"]["params"]
+  # Each record holds the settings gin resolved for the run.
+  assert alpha0["settings"]["SwitchRouter.aux_loss_coef"] == 0.0
+  assert switch["settings"]["SwitchRouter.aux_loss_coef"] == 0.01
+  assert switch["settings"]["SwitchFFN.num_experts"] == 8
+  assert dense["settings"]["SwitchFFN.num_experts"] is None
   assert switch["history"][-1]["loss"] != alpha0["history"][-1]["loss"]
   # Run again: every run is reused from its record, the report rewritten.
   os.remove(out / "report.md")
@@ -157,6 +162,32 @@ def test_reproduce_on_a_local_corpus_then_resume(tmp_path):
   assert "trained steps" not in again.stdout
   assert (out / "report.md").read_text().splitlines()[4:] == \
       report.splitlines()[4:]
+
+
+def test_settings_come_from_the_record_over_the_params():
+  record = {"settings": {"SwitchFFN.num_experts": 16,
+                         "SwitchFFN.capacity_factor_train": None},
+            "spec": {"params": ["SwitchFFN.num_experts = 8",
+                                "SwitchFFN.capacity_factor_train = 2.0"]}}
+  assert rp.bound(record, "SwitchFFN.num_experts") == 16
+  assert rp.bound(record, "SwitchFFN.capacity_factor_train", 1.25) == 1.25
+  # A record of before the settings: what its params bound.
+  del record["settings"]
+  assert rp.bound(record, "SwitchFFN.num_experts") == "8"
+  assert rp.bound(record, "SwitchRouter.aux_loss_coef", 0.01) == 0.01
+
+
+def test_resolved_settings_read_the_gin_files_not_the_run_name():
+  from switch_mtf import config  # pylint: disable=g-import-not-at-top
+  from switch_mtf.reproduction import runs  # pylint: disable=g-import-not-at-top
+  config.parse(["models/small/switch_4", "layouts/cpu_1"],
+               ["SwitchFFN.router = @routing.Top2Router()"])
+  settings = runs.resolved_settings()
+  assert settings["SwitchFFN.num_experts"] == 4   # from switch_4.gin
+  assert settings["SwitchFFN.router"] == "Top2Router"
+  assert settings["SwitchFFN.capacity_factor_train"] == 1.25
+  config.parse(["models/small/dense", "layouts/cpu_1"], [])
+  assert runs.resolved_settings()["SwitchFFN.num_experts"] is None
 
 
 def test_distillation_and_upcycling_runs():

@@ -279,8 +279,15 @@ def seconds_at_step(record, step):
 
 
 def bound(record, name, default=None):
-  """The value (a string, quotes removed) that the run's extra gin params
-  bind to ``name`` (the last binding wins), else ``default``."""
+  """The value of the setting ``name`` (``runs.SETTINGS``) that the run
+  ran with, as gin resolved it (the record's "settings"), else
+  ``default``.  Records written before runs stored their settings: the
+  value (a string, quotes removed) that the run's extra gin params bind to
+  ``name`` (the last binding wins)."""
+  settings = record.get("settings")
+  if settings is not None and name in settings:
+    value = settings[name]
+    return default if value is None else value
   for param in reversed(record.get("spec", {}).get("params", [])):
     key, _, value = param.partition("=")
     if key.strip() == name:

@@ -156,7 +156,8 @@ def _experts(records, output_dir):
     ax.legend()
   curves = _save(fig, output_dir, "experts_curves.png")
   fig, ax = plt.subplots(figsize=(5, 3.5))
-  experts = [(int(n.split("_")[1]), s) for n, s in speed.items()]
+  experts = [(int(rp.bound(records[n], "SwitchFFN.num_experts")), s)
+             for n, s in speed.items()]
   experts.sort()
   ax.plot([e for e, _ in experts],
           [s.get("step_speedup") or 0 for _, s in experts], "o-",
@@ -287,8 +288,8 @@ def _balance(records, output_dir):
 def _init(records, output_dir):
   del output_dir
   groups = {}
-  for name, r in records.items():
-    scale = name.split("_")[1]
+  for r in records.values():
+    scale = str(rp.bound(r, "SwitchFFN.init_scale"))
     groups.setdefault(scale, []).append(r)
   rows = []
   for scale, runs in sorted(groups.items()):

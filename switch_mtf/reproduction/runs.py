@@ -68,6 +68,27 @@ class RunSpec:
   student_init: bool = True
 
 
+# The settings the report tells runs apart by, as gin resolved them for the
+# run (gin/models/switch.gin's values unless the run rebinds them; None
+# where the model has no such setting, e.g. experts of a dense model).
+SETTINGS = ("SwitchFFN.num_experts", "SwitchFFN.capacity_factor_train",
+            "SwitchFFN.router", "SwitchRouter.policy_train",
+            "SwitchRouter.aux_loss_coef", "SwitchFFN.init_scale")
+
+
+def resolved_settings():
+  """{name: value} of SETTINGS in the parsed gin config (plain JSON: a
+  configurable reference becomes its name, e.g. "Top2Router")."""
+  settings = {}
+  for name in SETTINGS:
+    value = config.query(name)
+    if not isinstance(value, (bool, int, float, str, type(None))):
+      value = getattr(value, "name", None) or str(value)
+      value = value.rsplit(".", 1)[-1].rstrip("()")
+    settings[name] = value
+  return settings
+
+
 def model_dir(root, name):
   return os.path.join(root, "runs", name)
 
@@ -95,6 +116,7 @@ def execute(spec, root, task, extra_params=(), batch_size=8, log_every=10,
   run_task = spec.task or task
   params = list(extra_params) + list(spec.params)
   config.parse([spec.model, spec.layout], params)
+  settings = resolved_settings()
   lengths = config.query("utils.run.sequence_length")
   save_every = max(1, spec.steps // max(spec.evals, 1))
   keep = spec.evals + 2   # the step-0 checkpoint too
@@ -152,7 +174,7 @@ def execute(spec, root, task, extra_params=(), batch_size=8, log_every=10,
                 train_seconds=progress.train_seconds,
                 steps_trained=progress.steps_trained,
                 tokens_per_step=batch_size * sum(lengths.values()),
-                evaluations=evaluations, metrics=metrics,
+                evaluations=evaluations, metrics=metrics, settings=settings,
                 **_size(lengths, batch_size, run_task))
   record["tokens_per_second"] = steady_tokens_per_second(record)
   with open(record_path + ".tmp", "w") as f:
