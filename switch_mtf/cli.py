@@ -177,33 +177,8 @@ def _eval(args):
   model = _user_model(run, args, lengths, gin_bindings=(
       ["Bitransformer.decode.beam_size = %d" % beam] if beam > 1 else []))
   _check_fits(run, model, args, path)
-  value, examples, tokens = run.neg_log_perplexity(model, args.task,
-                                                   args.split, step)
-  print("step %d: %s neg_log_perplexity %.4f (%d examples, %d target "
-        "tokens)" % (step, args.split, value, examples, tokens))
-  results = dict(task=args.task, split=args.split, step=step,
-                 neg_log_perplexity=value, examples=examples,
-                 target_tokens=tokens, metrics={})
-  import seqio  # pylint: disable=g-import-not-at-top
-  from switch_mtf import metrics  # pylint: disable=g-import-not-at-top
-  subtasks = seqio.get_subtasks(run.check_task(args.task))
-  if any(t.metric_fns for t in subtasks):
-    results["metrics"] = run.task_metrics(model, args.task, args.split,
-                                          step)
-    for task, values in sorted(results["metrics"].items()):
-      for name, value in sorted(values.items()):
-        print("step %d: %s %s %s %.4f" % (step, args.split, task, name,
-                                          value))
-    if len(subtasks) > 1:
-      results["average"] = metrics.benchmark_average(results["metrics"])
-      print("step %d: %s %s average %.4f" % (step, args.split, args.task,
-                                             results["average"]))
-  path = os.path.join(args.model_dir, "%s_eval" % args.split,
-                      "results-%d.json" % step)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(results, f, indent=1)
-  print("wrote %s" % path)
+  from switch_mtf.train import workflows  # pylint: disable=g-import-not-at-top
+  workflows.evaluate(model, args.task, args.model_dir, step, args.split)
 
 
 def _train_and_eval(args):

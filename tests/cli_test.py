@@ -10,6 +10,10 @@ def test_demo_trains_evaluates_and_writes_results(tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   assert "validation neg. log perplexity" in result.stdout
   assert os.path.exists(os.path.join(tmp_path, "model", "model.ckpt-4.index"))
+  # The same evaluation, and results file, as `switch-mtf eval`.
+  with open(os.path.join(tmp_path, "model", "validation_eval",
+                         "results-4.json")) as f:
+    evaluation = json.load(f)
   with open(os.path.join(tmp_path, "demo_results.json")) as f:
     results = json.load(f)
   summary = results["summary"]
@@ -21,6 +25,9 @@ def test_demo_trains_evaluates_and_writes_results(tmp_path):
   # 5.95; measured -10.2), and must be better than twice that.
   assert -12 < summary["validation_neg_log_perplexity"] < 0
   assert summary["validation_examples"] > 100
+  assert evaluation["neg_log_perplexity"] == \
+      summary["validation_neg_log_perplexity"]
+  assert evaluation["step"] == 4 and evaluation["metrics"] == {}
   loads = summary["final_train_expert_load"]
   assert len(loads) == 2   # the encoder's and the decoder's Switch layer
   for load in loads.values():

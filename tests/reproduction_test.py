@@ -135,6 +135,11 @@ def test_reproduce_on_a_local_corpus_then_resume(tmp_path):
   dense, switch = results["experts"]["dense"], results["experts"]["switch_8"]
   assert dense["spec"]["pretraining_task"] == "local_span_corruption"
   assert [e["step"] for e in dense["evaluations"]] == [6, 12]
+  # Each evaluation also wrote the results file `switch-mtf eval` writes.
+  with open(out / "runs" / "dense" / "validation_eval" /
+            "results-12.json") as f:
+    assert json.load(f)["neg_log_perplexity"] == \
+        dense["evaluations"][-1]["neg_log_perplexity"]
   assert all(e["neg_log_perplexity"] < 0 for e in dense["evaluations"])
   assert switch["flops_per_token"] == dense["flops_per_token"]
   assert switch["parameters"] > 2 * dense["parameters"]

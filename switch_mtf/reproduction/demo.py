@@ -15,6 +15,7 @@ import os
 from switch_mtf import config
 from switch_mtf.moe import router_summaries
 from switch_mtf.train import run as run_lib
+from switch_mtf.train import workflows
 from switch_mtf.errors import ConfigError
 from switch_mtf.tasks import embedded
 
@@ -42,7 +43,11 @@ def run(steps=600, num_devices=2, num_experts=8, seed=0,
   progress = run_lib.train(model, task.name, steps, seed=seed,
                            every=max(1, min(25, steps // 10)),
                            router_every=max(steps // 3, 1))
-  nlp, examples, tokens = run_lib.neg_log_perplexity(model, task.name)
+  evaluation = workflows.evaluate(model, task.name, model_dir,
+                                  run_lib.latest_step(model_dir),
+                                  task_metrics=False, out=log)
+  nlp, examples, tokens = (evaluation["neg_log_perplexity"],
+                           evaluation["examples"], evaluation["target_tokens"])
   loads = {scope: {"max": round(m["max_expert_load"], 4),
                    "min": round(m["min_expert_load"], 4)}
            for scope, m in router_summaries.by_layer(

@@ -158,17 +158,16 @@ def execute(spec, root, task, extra_params=(), batch_size=8, log_every=10,
                                seed=spec.seed, every=log_every,
                                router_every=0,
                                init_checkpoint=init_checkpoint, out=out)
-  evaluations = []
-  if spec.evals:
-    for k in range(1, spec.evals + 1):
-      step = start + (spec.steps if k == spec.evals else k * save_every)
-      value, _, _ = run_lib.neg_log_perplexity(model, run_task,
-                                               checkpoint_step=step)
-      evaluations.append(dict(step=step - start, neg_log_perplexity=value))
-      out("step %d: validation neg. log perplexity %.4f"
-          % (step - start, value))
-  metrics = {}
-  if spec.task_metrics:
+  evaluations, metrics = [], {}
+  for k in range(1, spec.evals + 1):
+    step = start + (spec.steps if k == spec.evals else k * save_every)
+    results = workflows.evaluate(
+        model, run_task, directory, step,
+        task_metrics=spec.task_metrics and k == spec.evals, out=out)
+    evaluations.append(dict(step=step - start, neg_log_perplexity=results[
+        "neg_log_perplexity"]))
+    metrics = results["metrics"]
+  if spec.task_metrics and not spec.evals:
     metrics = run_lib.task_metrics(model, run_task)
   record = dict(spec=key, history=progress.history,
                 train_seconds=progress.train_seconds,
