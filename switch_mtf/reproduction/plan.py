@@ -69,95 +69,133 @@ def _side(scale, base):
                              steps=scale.side_steps, evals=1)
 
 
-def specs(name, scale):
-  """The runs of experiment ``name`` at ``scale``."""
-  s = scale
+def _experts_runs(s):
+  """Dense and Switch with each number of experts (Figure 4, Table 1)."""
+  runs = [ex.RunSpec("dense", _DENSE, evals=s.evals, steps=s.steps)]
+  for e in s.experts:
+    model, params = _switch(e)
+    runs.append(ex.RunSpec("switch_%d" % e, model, params, evals=s.evals,
+                           steps=s.steps))
+  return runs
+
+
+def _capacity_runs(s):
+  """Switch and top-2 at each capacity factor (Table 1)."""
   side = dict(steps=s.side_steps, evals=1)
-  if name == "experts":
-    runs = [ex.RunSpec("dense", _DENSE, evals=s.evals, steps=s.steps)]
-    for e in s.experts:
-      model, params = _switch(e)
-      runs.append(ex.RunSpec("switch_%d" % e, model, params, evals=s.evals,
-                             steps=s.steps))
-    return runs
-  if name == "capacity":
-    runs = []
-    for router, extra in (("switch", ()), ("top2", (
-        "SwitchFFN.router = @routing.Top2Router()",))):
-      for cf in s.capacity_factors:
-        if scale.quick and router == "top2":
-          continue   # full mode only
-        if router == "switch" and cf == 1.25:
-          runs.append(_side(s, "switch_8"))
-          continue
-        cf_params = () if cf == 1.25 else (
-            "SwitchFFN.capacity_factor_train = %s" % cf,)
-        model, params = _switch(8, *(extra + cf_params))
-        runs.append(ex.RunSpec("%s_8_cf%s" % (router, cf), model, params,
-                               **side))
-    return runs
-  if name == "balance":
-    return [_side(s, "switch_8"),
-            ex.RunSpec("switch_8_alpha0", *_switch(
-                8, "SwitchRouter.aux_loss_coef = 0.0"), **side)]
-  if name == "init":
-    runs = []
-    for scale_value in (0.1, 1.0):
-      for seed in s.seeds:
-        model, params = _switch(8, *(
-            "mesh_tensorflow.layers.VarianceScalingInitializer.scale = %s"
-            % scale_value, "SwitchFFN.init_scale = %s" % scale_value))
-        runs.append(ex.RunSpec("init_%s_seed%d" % (scale_value, seed),
-                               model, params, steps=s.short_steps, evals=1,
-                               seed=seed))
-    return runs
-  if name == "policy":
-    runs = []
-    for policy in s.policies:
-      if policy == "input_jitter":
+  runs = []
+  for router, extra in (("switch", ()), ("top2", (
+      "SwitchFFN.router = @routing.Top2Router()",))):
+    for cf in s.capacity_factors:
+      if s.quick and router == "top2":
+        continue   # full mode only
+      if router == "switch" and cf == 1.25:
         runs.append(_side(s, "switch_8"))
         continue
-      runs.append(ex.RunSpec("switch_8_%s" % policy, *_switch(
-          8, "SwitchRouter.policy_train = %r" % policy), **side))
-    return runs
-  if name == "cost":
-    if scale.quick:   # the scaling runs' speeds, and one with 64 experts
-      pre = specs("experts", _with_8(s))
-      runs = [_find(pre, "dense"), _find(pre, "switch_8")]
-    else:
-      runs = [ex.RunSpec("cost_dense", _DENSE, steps=s.cost_steps, evals=0)]
-    for e in s.cost_experts:
-      model, params = _switch(e)
-      runs.append(ex.RunSpec("cost_switch_%d" % e, model, params[:1],
-                             steps=s.cost_steps, evals=0))
-    return runs
-  if name == "knowledge":
+      cf_params = () if cf == 1.25 else (
+          "SwitchFFN.capacity_factor_train = %s" % cf,)
+      model, params = _switch(8, *(extra + cf_params))
+      runs.append(ex.RunSpec("%s_8_cf%s" % (router, cf), model, params,
+                             **side))
+  return runs
+
+
+def _balance_runs(s):
+  """With and without the load-balancing loss."""
+  side = dict(steps=s.side_steps, evals=1)
+  return [_side(s, "switch_8"),
+          ex.RunSpec("switch_8_alpha0", *_switch(
+              8, "SwitchRouter.aux_loss_coef = 0.0"), **side)]
+
+
+def _init_runs(s):
+  """The initialization scale over seeds (Table 3)."""
+  runs = []
+  for scale_value in (0.1, 1.0):
+    for seed in s.seeds:
+      model, params = _switch(8, *(
+          "mesh_tensorflow.layers.VarianceScalingInitializer.scale = %s"
+          % scale_value, "SwitchFFN.init_scale = %s" % scale_value))
+      runs.append(ex.RunSpec("init_%s_seed%d" % (scale_value, seed),
+                             model, params, steps=s.short_steps, evals=1,
+                             seed=seed))
+  return runs
+
+
+def _policy_runs(s):
+  """Router policies in training (Table 11)."""
+  side = dict(steps=s.side_steps, evals=1)
+  runs = []
+  for policy in s.policies:
+    if policy == "input_jitter":
+      runs.append(_side(s, "switch_8"))
+      continue
+    runs.append(ex.RunSpec("switch_8_%s" % policy, *_switch(
+        8, "SwitchRouter.policy_train = %r" % policy), **side))
+  return runs
+
+
+def _cost_runs(s):
+  """Step time against the number of experts."""
+  if s.quick:   # the scaling runs' speeds, and one with 64 experts
     pre = specs("experts", _with_8(s))
     runs = [_find(pre, "dense"), _find(pre, "switch_8")]
-    for base in ("dense", "switch_8"):
-      runs.append(ex.RunSpec(
-          "qa_" + base, _find(pre, base).model, _find(pre, base).params,
-          steps=s.finetune_steps, evals=1, finetune_from=base, task=QA_TASK,
-          task_metrics=True))
-    return runs
-  if name == "distill":   # paper §4.2, Table 6
-    teacher = _find(specs("experts", _with_8(s)), "switch_8")
-    runs = [_side(s, "dense"), teacher]
-    for init in (True,) if scale.quick else (True, False):
-      runs.append(ex.RunSpec(
-          "distill_dense_%s" % ("init" if init else "random"), _DENSE,
-          distill_from=teacher.name, student_init=init, **side))
-    return runs
-  if name == "upcycle":   # sparse upcycling against continuing dense
-    pre = specs("experts", _with_8(s))
-    more = max(2, s.side_steps // 2)
-    return [_find(pre, "dense"),
-            ex.RunSpec("dense_continued", _DENSE, steps=more, evals=1,
-                       continue_from="dense"),
-            ex.RunSpec("upcycled_switch_8", *_switch(8), steps=more, evals=1,
-                       upcycle_from="dense")]
-  raise ConfigError("unknown experiment %r: choose from %s"
-                    % (name, ", ".join(EXPERIMENTS)))
+  else:
+    runs = [ex.RunSpec("cost_dense", _DENSE, steps=s.cost_steps, evals=0)]
+  for e in s.cost_experts:
+    model, params = _switch(e)
+    runs.append(ex.RunSpec("cost_switch_%d" % e, model, params[:1],
+                           steps=s.cost_steps, evals=0))
+  return runs
+
+
+def _knowledge_runs(s):
+  """Closed-book QA fine-tuned from dense and Switch."""
+  pre = specs("experts", _with_8(s))
+  runs = [_find(pre, "dense"), _find(pre, "switch_8")]
+  for base in ("dense", "switch_8"):
+    runs.append(ex.RunSpec(
+        "qa_" + base, _find(pre, base).model, _find(pre, base).params,
+        steps=s.finetune_steps, evals=1, finetune_from=base, task=QA_TASK,
+        task_metrics=True))
+  return runs
+
+
+def _distill_runs(s):
+  """Distilling Switch into dense (paper §4.2, Table 6)."""
+  side = dict(steps=s.side_steps, evals=1)
+  teacher = _find(specs("experts", _with_8(s)), "switch_8")
+  runs = [_side(s, "dense"), teacher]
+  for init in (True,) if s.quick else (True, False):
+    runs.append(ex.RunSpec(
+        "distill_dense_%s" % ("init" if init else "random"), _DENSE,
+        distill_from=teacher.name, student_init=init, **side))
+  return runs
+
+
+def _upcycle_runs(s):
+  """Sparse upcycling against continuing the dense run."""
+  pre = specs("experts", _with_8(s))
+  more = max(2, s.side_steps // 2)
+  return [_find(pre, "dense"),
+          ex.RunSpec("dense_continued", _DENSE, steps=more, evals=1,
+                     continue_from="dense"),
+          ex.RunSpec("upcycled_switch_8", *_switch(8), steps=more, evals=1,
+                     upcycle_from="dense")]
+
+
+_RUNS = {"experts": _experts_runs, "capacity": _capacity_runs,
+         "balance": _balance_runs, "init": _init_runs,
+         "policy": _policy_runs, "cost": _cost_runs,
+         "knowledge": _knowledge_runs, "distill": _distill_runs,
+         "upcycle": _upcycle_runs}
+
+
+def specs(name, scale):
+  """The runs of experiment ``name`` at ``scale``."""
+  if name not in _RUNS:
+    raise ConfigError("unknown experiment %r: choose from %s"
+                      % (name, ", ".join(EXPERIMENTS)))
+  return _RUNS[name](scale)
 
 
 EXPERIMENTS = ("experts", "capacity", "balance", "init", "policy", "cost",
