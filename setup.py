@@ -10,7 +10,9 @@ INSTALL_REQUIRES = [
     "mesh-tensorflow==0.1.21",
     "t5==0.9.4",
     "seqio-nightly==0.0.18.dev20250227",
-    "tfds-nightly==4.9.2.dev202308090034",
+    # seqio-nightly also pulls tfds-nightly (2023), which writes the same
+    # module: bin/ensure-env.sh then leaves this one alone (see there).
+    "tensorflow-datasets==4.9.10",
     "gin-config==0.5.0",
     "sentencepiece==0.2.0",
     # Python 3.11 has no compiled protobuf 3.20 wheel and the pure-Python one

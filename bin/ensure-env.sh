@@ -16,7 +16,7 @@ find_python() {
 
 ensure_env() {
   local stamp want
-  want="$(cat "$ROOT/setup.py" "$ROOT/constraints.txt" | sha256sum | cut -c1-16)"
+  want="$(cat "$ROOT/setup.py" "$ROOT/constraints.txt" "$ROOT/bin/ensure-env.sh" | sha256sum | cut -c1-16)"
   stamp="$VENV/.switch_mtf_installed"
   if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
     return 0
@@ -36,6 +36,21 @@ ensure_env() {
     echo "switch_mtf: installing the pinned stack failed (see the pip output above)" >&2
     exit 1
   }
+  # One TFDS package: seqio-nightly requires tfds-nightly (a 2023 build) and
+  # t5's mesh-tensorflow[transformer] requires tensorflow-datasets; both
+  # install the module tensorflow_datasets, the second's files over the
+  # first's (a mix).  Remove tfds-nightly (its uninstall also deletes shared
+  # files), then put the pinned tensorflow-datasets back whole.  pip check
+  # will name seqio-nightly's unmet tfds-nightly requirement: expected.
+  if "$VENV/bin/python" -m pip show -q tfds-nightly >/dev/null 2>&1; then
+    "$VENV/bin/python" -m pip uninstall -q -y tfds-nightly &&
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
+        --no-deps --force-reinstall -c "$ROOT/constraints.txt" \
+        tensorflow-datasets || {
+      echo "switch_mtf: replacing tfds-nightly by tensorflow-datasets failed" >&2
+      exit 1
+    }
+  fi
   # The compatibility hook for every program of the environment, T5's
   # t5_mesh_transformer included (see setup.py: a wheel carries this file;
   # an editable install does not).

@@ -53,3 +53,15 @@ def test_wheel_installs_and_runs_without_the_checkout(tmp_path):
                  env=env, cwd=str(tmp_path))
   assert os.path.exists(str(tmp_path / "model" / "model.ckpt-2.index")), (
       trained.stdout[-2000:])
+
+
+def test_one_tfds_package_provides_tensorflow_datasets():
+  """seqio-nightly pulls tfds-nightly and t5 pulls tensorflow-datasets,
+  both writing the module tensorflow_datasets; bin/ensure-env.sh keeps the
+  pinned tensorflow-datasets alone (no mix of two releases' files)."""
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets  # pylint: disable=g-import-not-at-top
+  providers = importlib.metadata.packages_distributions()["tensorflow_datasets"]
+  assert providers == ["tensorflow-datasets"]
+  assert tensorflow_datasets.__version__ == importlib.metadata.version(
+      "tensorflow-datasets")
