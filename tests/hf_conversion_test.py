@@ -38,10 +38,20 @@ SMALL = dict(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=48, num_heads=4,
              decoder_start_token_id=0)
 
 
-def test_reference_version_enforces_capacity():
-  # 5.0-5.2x did not enforce the capacity; before PR 37123 dropped tokens
-  # passed through.  Parity below is against this version.
-  assert transformers.__version__ == "5.24.0"
+def test_reference_router_enforces_capacity():
+  """The parity tests below assume Hugging Face drops the tokens beyond an
+  expert's capacity (transformers 5.0-5.2x did not; before PR 37123 dropped
+  tokens passed through): every token prefers expert 1, capacity 3, so
+  exactly the first 3 tokens of each sequence are dispatched."""
+  config = transformers.SwitchTransformersConfig(
+      d_model=4, num_experts=2, expert_capacity=3, router_jitter_noise=0.0)
+  router = hf_switch.SwitchTransformersTop1Router(config).eval()
+  with torch.no_grad():
+    router.classifier.weight.copy_(torch.tensor([[0.0] * 4, [1.0] * 4]))
+    dispatch, _, _ = router(torch.ones(2, 5, 4))
+  assert dispatch[:, :, 0].sum() == 0
+  np.testing.assert_array_equal(dispatch[:, :, 1].numpy(),
+                                [[1, 1, 1, 0, 0]] * 2)
 
 
 def _hf_model(path, gated=False, seed=0, **overrides):

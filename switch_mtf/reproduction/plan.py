@@ -9,8 +9,6 @@ models (no top-2, one seed, one student) and 100 steps (311 s measured on 2
 cores); full mode: every model of the issue, 600 steps (33 minutes).
 """
 import dataclasses
-import json
-import os
 import statistics
 import time
 
@@ -391,7 +389,3 @@ def seed_statistics(values):
   spread = statistics.stdev(values) if len(values) > 1 else 0.0
   return mean, spread
 
-
-def load_results(output_dir):
-  with open(os.path.join(output_dir, "results.json")) as f:
-    return json.load(f)
