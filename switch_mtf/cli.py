@@ -542,6 +542,8 @@ def _add_checkpoint_commands(commands):
 
 def main(argv=None):
   args = _parser().parse_args(argv)
+  from switch_mtf import compat  # pylint: disable=g-import-not-at-top
+  compat.import_tensorflow_quietly()
   try:
     try:
       args.func(args)

@@ -91,11 +91,19 @@ Patches:
      on the default device: task 0 of a ``--cluster`` run held the whole
      model.  ``spread_master_variables(devices)`` makes the module's
      ``mtf.Mesh`` take a ``BalancedVariablePlacer`` over those devices.
+  14. TensorFlow 2.15's CUDA build registers its cuDNN, cuFFT and cuBLAS
+     factories twice when imported and logs each as an error ("E ...
+     Unable to register cuDNN factory"), on every machine, with a GPU or
+     without; users read "E" as an error.  ``import_tensorflow_quietly()``
+     (the CLI's first TensorFlow import) drops those three lines and passes
+     every other line of the import on.
 """
 import importlib.abc
 import importlib.util
 import os
+import re
 import sys
+import tempfile
 import weakref
 import zlib
 
@@ -486,6 +494,32 @@ _AFTER = {
                                           _place_master_variables),
     "mesh_tensorflow.transformer.attention": (_scale_attention_init,),
 }
+
+
+_CUDA_FACTORY_NOISE = re.compile(
+    rb"Unable to register cu(DNN|FFT|BLAS) factory: Attempting to register "
+    rb"factory for plugin cu(DNN|FFT|BLAS) when one has already been "
+    rb"registered")
+
+
+def import_tensorflow_quietly():
+  """Imports TensorFlow without its three CUDA factory lines (see 14);
+  a no-op once TensorFlow is imported."""
+  if "tensorflow" in sys.modules:
+    return
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)   # the C++ logging writes to fd 2
+    try:
+      import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      for line in captured.read().splitlines(keepends=True):
+        if not _CUDA_FACTORY_NOISE.search(line):
+          os.write(2, line)
 
 
 def install():

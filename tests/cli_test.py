@@ -42,3 +42,12 @@ def test_impossible_layout_is_one_line_and_exit_2(tmp_path):
   assert "Traceback" not in result.stderr
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("switch-mtf: error:") and "'experts' (size 3)" in last
+
+
+def test_no_cuda_factory_lines_on_the_terminal():
+  """TensorFlow's CUDA build logs three "E ... Unable to register cuDNN /
+  cuFFT / cuBLAS factory" lines at import on every machine (compat 14)."""
+  result = helpers.cli("info", "--gin_file=models/small/switch_8")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "Unable to register" not in result.stderr, result.stderr
+  assert "expert capacity" in result.stdout
