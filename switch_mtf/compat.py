@@ -210,7 +210,8 @@ def order_step_increment(graph):
     frontier.extend(groups)
   # ... and walk back from it to the reads of the step, never through the
   # increment or what runs after it (that would make a cycle).
-  after = _descendants(increments) - (tree - {op.name for op in increments})
+  after = _descendants(increments, controlled_by) - (
+      tree - {op.name for op in increments})
   frontier, seen, reads = list(tops), set(), []
   while frontier:
     op = frontier.pop()
@@ -227,14 +228,9 @@ def order_step_increment(graph):
   return len(reads)
 
 
-def _descendants(ops):
-  """Names of ``ops`` and of every op that depends on them (data or
-  control)."""
-  graph = ops[0].graph
-  controlled_by = {}
-  for op in graph.get_operations():
-    for c in op.control_inputs:
-      controlled_by.setdefault(c.name, []).append(op)
+def _descendants(ops, controlled_by):
+  """Names of ``ops`` and of every op that depends on them (data, or
+  control: ``controlled_by`` maps an op's name to the ops it controls)."""
   names, frontier = set(), list(ops)
   while frontier:
     op = frontier.pop()
