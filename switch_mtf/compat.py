@@ -59,20 +59,8 @@ Patches:
      package (its real directory, without running its ``__init__``), so that
      ``t5.models.mtf_model`` and ``t5.models.mesh_transformer`` import
      without torch.
-  10. Mesh TF's attention layers draw their kernels from a plain normal with
-     std fan_in^-1/2 (q also folds in d_kv^-1/2), hard-coded, so the gin
-     ``mesh_tensorflow.layers.VarianceScalingInitializer.scale`` (0.1 in
-     every preset, paper §2.4) reached only the feed-forward and Switch
-     kernels: measured std of the attention k kernel at d_model 128 was
-     0.088 with scale 0.1 and with 1.0.  Paper §2.4: every weight matrix
-     is a truncated normal (re-drawn beyond 2 std) with std sqrt(s/fan_in).
-     The attention module now sees a ``tf`` whose
-     ``random_normal_initializer(stddev)`` is
-     ``truncated_normal_initializer(stddev * sqrt(s))`` with s from gin
-     (``models.attention_init_scale``: the modelling choice lives there;
-     by default the VarianceScalingInitializer scale), as Mesh TF's own
-     VarianceScalingInitializer draws (scale 1.0 keeps Mesh TF's std).
-     Embeddings keep std 1.0 (as T5 and flaxformer).
+  10. (None since 2026-12-03: the attention kernels' init scale, paper
+     §2.4, is a modelling choice made by ``models.SparseLayerStack``.)
   11. gin tries an ``include``d file under each search path in turn; its
      resource reader logs ``ERROR:root:Path not found: ...`` for every path
      where the file is not, although a later one has it (our presets'
@@ -405,25 +393,6 @@ def _place_master_variables():
     utils.mtf = _MtfWithVariablePlacer(utils.mtf)
 
 
-class _TfWithScaledAttentionInit(_ModuleView):
-  """tf.compat.v1 for mesh_tensorflow.transformer.attention, whose normal
-  initializers follow the gin init scale (see 10)."""
-
-  def random_normal_initializer(self, mean=0.0, stddev=1.0, seed=None,
-                                dtype=None):
-    from switch_mtf.moe import models  # pylint: disable=g-import-not-at-top
-    del dtype
-    scale = models.attention_init_scale()  # gin-configured
-    return self._module.truncated_normal_initializer(
-        mean=mean, stddev=stddev * scale ** 0.5, seed=seed)
-
-
-def _scale_attention_init():
-  attention = sys.modules["mesh_tensorflow.transformer.attention"]
-  if not isinstance(attention.tf, _TfWithScaledAttentionInit):
-    attention.tf = _TfWithScaledAttentionInit(attention.tf)
-
-
 class _BarePackage(importlib.abc.Loader):
   """``t5.models`` without its ``__init__`` (see 9): its submodules import
   from its directory as usual."""
@@ -488,7 +457,6 @@ _AFTER = {
                         _patch_checkpoint_resave),
     "mesh_tensorflow.transformer.utils": (_silence_loss_print,
                                           _place_master_variables),
-    "mesh_tensorflow.transformer.attention": (_scale_attention_init,),
 }
 
 
@@ -537,5 +505,4 @@ def apply():
   """Installs the hook and imports Mesh TF now (all patches in place)."""
   install()
   import mesh_tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  from mesh_tensorflow.transformer import attention  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   from mesh_tensorflow.transformer import utils  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import

@@ -84,6 +84,8 @@ def test_every_preset_parses_and_builds(preset):
             == config.query("%num_layers")), kinds
     assert kinds.count("SelfAttention") + kinds.count(
         "SwitchSelfAttention") == config.query("%num_layers"), kinds
+    # Our stack (it draws the attention kernels with the gin init scale).
+    assert isinstance(stack.layer_stack, models.SparseLayerStack)
 
 
 def test_small_presets_are_flop_matched():
@@ -215,6 +217,39 @@ def test_accounting_matches_the_built_graph(preset):
   assert counted == built
   assert report.total_parameters == sum(int(np.prod(s))
                                         for s in built.values())
+
+
+def test_attention_kernels_follow_the_gin_init_scale():
+  """Paper §2.4: Mesh TF's attention kernels (encoder self-attention,
+  decoder cross-attention) are truncated normals with std sqrt(s / fan_in)
+  (q also x d_kv^-1/2), s the gin scale, like the feed-forward kernels;
+  ``attention_init_scale.scale = 1.0`` keeps upstream's std."""
+  everywhere = "mesh_tensorflow.layers.VarianceScalingInitializer.scale"
+  # case: (attention scale, feed-forward scale, gin bindings)
+  cases = {"0.1": (0.1, 0.1, ["%s = 0.1" % everywhere]),
+           "1.0": (1.0, 1.0, ["%s = 1.0" % everywhere]),
+           "upstream attention": (1.0, 0.1, [
+               "%s = 0.1" % everywhere, "attention_init_scale.scale = 1.0"])}
+  d_model, inner = 128, 4 * 32   # small/dense: heads 4, d_kv 32
+  truncated = 0.8796   # std of a normal truncated at 2 std
+  for case, (scale, ffn_scale, bindings) in cases.items():
+    config.parse(["models/small/dense.gin"], bindings)
+    with mesh_program.MeshProgram() as p:
+      loss = _model_loss(p, None, 2, "", "")
+      values = p.run({"loss": loss}, fetch_variables=True)["variables"]
+    block = "encoder/block_000/layer_000/SelfAttention/"
+    cross = "decoder/block_000/layer_001/EncDecAttention/"
+    kernels = {block + "q": d_model * 32, block + "k": d_model,
+               block + "o": inner, cross + "v": d_model}
+    for name, fan_in in kernels.items():
+      sigma = (scale / fan_in) ** 0.5
+      assert np.std(values[name]) == pytest.approx(truncated * sigma,
+                                                   rel=0.03), (case, name)
+      assert np.max(np.abs(values[name])) <= 2 * sigma + 1e-7, (case, name)
+    # The feed-forward kernels follow VarianceScalingInitializer alone.
+    wi = values["encoder/block_000/layer_001/DenseReluDense/wi_0/kernel"]
+    assert np.std(wi) == pytest.approx(
+        truncated * (ffn_scale / d_model) ** 0.5, rel=0.03), case
 
 
 SMALL = sorted(p for p in PRESETS if p.startswith("models/small/"))

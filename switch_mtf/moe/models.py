@@ -15,13 +15,21 @@ upstream builders through gin:
 
 ``expert_every=2`` makes feed-forward layers 1, 3, 5, ... sparse (the layout
 of the released checkpoints: Hugging Face's ``sparse_step`` 2, flaxformer's
-MIXED); ``1`` makes all of them sparse (Switch-C); ``0`` none.
+MIXED); ``1`` makes all of them sparse (Switch-C); ``0`` none (every preset,
+dense ones too, builds its stacks with this class: ``models/common.gin``).
+
+The stack also owns one modelling choice that Mesh TF's attention layers
+hard-code: the scale of their kernels' initializer (paper §2.4, see
+``attention_init_scale``).
 """
+import functools
+
 import gin
 import mesh_tensorflow as mtf
 from mesh_tensorflow.transformer import transformer
 from mesh_tensorflow.transformer import transformer_layers
 from mesh_tensorflow.transformer import utils as mtf_utils
+import tensorflow.compat.v1 as tf
 
 from switch_mtf.moe import layers
 from switch_mtf.errors import ConfigError
@@ -53,6 +61,16 @@ class SparseLayerStack(transformer.LayerStack):
       layers_list = replaced
     super(SparseLayerStack, self).__init__(layers_list, **kwargs)
 
+  def call(self, context, x):
+    """LayerStack.call, with the attention kernels' initializer scaled (the
+    variables are made here, on the stack's first call)."""
+    scale_kernels = functools.partial(_scaled_attention_kernel,
+                                      scale=attention_init_scale())
+    with tf.variable_scope(tf.get_variable_scope(),
+                           custom_getter=scale_kernels,
+                           auxiliary_name_scope=False):
+      return super(SparseLayerStack, self).call(context, x)
+
 
 @gin.configurable
 def attention_init_scale(scale=None):
@@ -60,12 +78,36 @@ def attention_init_scale(scale=None):
   std sqrt(s / fan_in) (q also x d_kv^-1/2).  None (the default): the scale
   of every other weight matrix, ``VarianceScalingInitializer.scale`` (paper
   §2.4: 0.1 for all of them).  Upstream Mesh TF, which the paper's
-  experiments ran on, hard-codes s = 1 for attention whatever the gin scale
-  says; ``attention_init_scale.scale = 1.0`` reproduces that.  Read by the
-  attention module's initializer (compat patch 10)."""
+  experiments ran on, hard-codes a plain normal with s = 1 for attention
+  whatever the gin scale says (the measured std of a k kernel at d_model 128
+  was 0.088 with scale 0.1 and with 1.0); ``attention_init_scale.scale =
+  1.0`` keeps that std (truncated, as every other matrix)."""
   if scale is None:
     return mtf.layers.VarianceScalingInitializer().scale
   return scale
+
+
+# Mesh TF's attention layers: the scopes (their class names) and the kernels
+# that attention.AttentionParams makes in them, each with a plain normal
+# initializer of std fan_in^-1/2 (q: also d_kv^-1/2).
+_ATTENTION_SCOPES = ("SelfAttention", "EncDecAttention")
+_ATTENTION_KERNELS = ("q", "k", "v", "kv", "o")
+
+
+def _scaled_attention_kernel(getter, name, *args, scale, **kwargs):
+  """Variable-scope custom getter: Mesh TF's attention kernels drawn as
+  every other weight matrix is (paper §2.4): a truncated normal (re-drawn
+  beyond 2 std, as VarianceScalingInitializer) with the layer's std times
+  sqrt(scale).  Every other variable is made as asked."""
+  initializer = kwargs.get("initializer")
+  scope, _, kernel = name.rpartition("/")
+  if (kernel in _ATTENTION_KERNELS
+      and scope.rpartition("/")[2] in _ATTENTION_SCOPES
+      and isinstance(initializer, tf.random_normal_initializer)):
+    kwargs["initializer"] = tf.truncated_normal_initializer(
+        mean=initializer.mean, stddev=initializer.stddev * scale ** 0.5,
+        seed=initializer.seed)
+  return getter(name, *args, **kwargs)
 
 
 def build_model(model_type, vocab_size, layout=None, mesh_shape=None):
