@@ -74,6 +74,7 @@ import typing
 import numpy as np
 
 from switch_mtf.moe import capacity as capacity_lib
+from switch_mtf.moe import variable_names as var_names
 from switch_mtf import checkpoint_io
 from switch_mtf.hf import files as hf_files
 from switch_mtf.errors import ConfigError
@@ -159,52 +160,55 @@ def _num_sparse_for_hf(num_layers, sparse, stack):
 def tensor_map(arch):
   """[Tensor] of every switch_mtf variable of ``arch`` (both directions)."""
   d, hk = arch.d_model, arch.num_heads * arch.d_kv
-  out = [Tensor("shared/embedding", (arch.vocab_size, d), ("shared.weight",))]
+  out = [Tensor(var_names.SHARED_EMBEDDING, (arch.vocab_size, d),
+                ("shared.weight",))]
   if not arch.tied:
-    out.append(Tensor("decoder/logits/kernel", (d, arch.vocab_size),
+    out.append(Tensor(var_names.logits("decoder"), (d, arch.vocab_size),
                       ("lm_head.weight",), True))
-  wi = ("wi_0", "wi_1") if arch.gated else ("wi",)
+  wi = var_names.ffn_inputs(2 if arch.gated else 1)
   for stack, layers, sparse in (
       ("encoder", arch.encoder_layers, arch.encoder_sparse),
       ("decoder", arch.decoder_layers, arch.decoder_sparse)):
-    attentions = ["SelfAttention"] + (["EncDecAttention"]
-                                      if stack == "decoder" else [])
+    attentions = [var_names.SELF_ATTENTION] + (
+        [var_names.CROSS_ATTENTION] if stack == "decoder" else [])
     for i in range(layers):
-      ours_block, hf_block = "%s/block_%03d" % (stack, i), "%s.block.%d" % (
-          stack, i)
+      hf_block = "%s.block.%d" % (stack, i)
       for j, kind in enumerate(attentions + ["FFN"]):
-        ours, hf = "%s/layer_%03d" % (ours_block, j), "%s.layer.%d" % (
+        ours, hf = var_names.layer_scope(stack, i, j), "%s.layer.%d" % (
             hf_block, j)
-        out.append(Tensor(ours + "/rms_norm/scale", (d,),
+        out.append(Tensor(var_names.norm_scale(ours), (d,),
                           (hf + ".layer_norm.weight",)))
         if kind != "FFN":
+          scope = var_names.sublayer(ours, kind)
           for w in ("q", "k", "v"):
-            out.append(Tensor("%s/%s/%s" % (ours, kind, w), (d, hk),
+            out.append(Tensor(var_names.attention(scope, w), (d, hk),
                               ("%s.%s.%s.weight" % (hf, kind, w),), True))
-          out.append(Tensor("%s/%s/o" % (ours, kind), (hk, d),
+          out.append(Tensor(var_names.attention(scope, "o"), (hk, d),
                             ("%s.%s.o.weight" % (hf, kind),), True))
-          if i == 0 and kind == "SelfAttention":
+          if i == 0 and kind == var_names.SELF_ATTENTION:
             out.append(Tensor(
-                ours + "/SelfAttention/relative_attention_bias",
+                var_names.attention(scope, var_names.RELATIVE_BIAS),
                 (arch.num_heads, arch.num_buckets),
                 (hf + ".SelfAttention.relative_attention_bias.weight",),
                 True))
         elif i in sparse:
           e = arch.num_experts
-          out.append(Tensor(ours + "/SwitchFFN/router/kernel", (d, e),
+          scope = var_names.sublayer(ours, var_names.SWITCH_FFN)
+          out.append(Tensor(var_names.router_kernel(scope), (d, e),
                             (hf + ".mlp.router.classifier.weight",), True))
           for w, shape in [(w, (e, d, arch.d_ff)) for w in wi] + [
               ("wo", (e, arch.d_ff, d))]:
             out.append(Tensor(
-                "%s/SwitchFFN/%s/kernel" % (ours, w), shape,
+                var_names.ffn_kernel(scope, w), shape,
                 tuple("%s.mlp.experts.expert_%d.%s.weight" % (hf, x, w)
                       for x in range(e)), True))
         else:
+          scope = var_names.sublayer(ours, var_names.DENSE_FFN)
           for w, shape in [(w, (d, arch.d_ff)) for w in wi] + [
               ("wo", (arch.d_ff, d))]:
-            out.append(Tensor("%s/DenseReluDense/%s/kernel" % (ours, w),
-                              shape, ("%s.mlp.%s.weight" % (hf, w),), True))
-    out.append(Tensor("%s/rms_norm/scale" % stack, (d,),
+            out.append(Tensor(var_names.ffn_kernel(scope, w), shape,
+                              ("%s.mlp.%s.weight" % (hf, w),), True))
+    out.append(Tensor(var_names.norm_scale(stack), (d,),
                       ("%s.final_layer_norm.weight" % stack,)))
   return out
 
@@ -397,71 +401,93 @@ def import_hf(hf_dir, model_dir, routing="hf", out=print):
 
 
 def _block_indices(shapes, stack):
-  return sorted({int(n.split("/")[1][len("block_"):]) for n in shapes
-                 if n.startswith(stack + "/block_")})
+  return sorted({var_names.block_index(n) for n in shapes
+                 if n.startswith(stack + "/")
+                 and var_names.block_index(n) is not None})
 
 
-def _gin_value(name, default):
+_DECLARED = object()
+
+
+def _declared_default(name):
+  """The default that switch_mtf's code declares for ``SwitchFFN.<field>``
+  (SwitchConfig) or ``SwitchRouter.<argument>``: one source for both."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  from switch_mtf.moe import layers  # pylint: disable=g-import-not-at-top
+  from switch_mtf.moe import routing  # pylint: disable=g-import-not-at-top
+  configurable, _, setting = name.partition(".")
+  if configurable == "SwitchFFN":
+    return {f.name: f.default
+            for f in dataclasses.fields(layers.SwitchConfig)}[setting]
+  assert configurable == "SwitchRouter", name
+  return inspect.signature(routing.SwitchRouter).parameters[setting].default
+
+
+def _gin_value(name, default=_DECLARED):
+  """What the model ran with: gin's binding (the encoder's first), else
+  ``default``, else the default switch_mtf's code declares."""
   from switch_mtf import config  # pylint: disable=g-import-not-at-top
   for scoped in ("encoder/" + name, name):
     value = config.query(scoped)
     if value is not None:
       return value
-  return default
+  return _declared_default(name) if default is _DECLARED else default
 
 
 def architecture_from_checkpoint(shapes, expert_capacity=None):
   """Architecture of a switch_mtf checkpoint ({name: shape}) and the gin
   config parsed for it (activations, router settings, capacity)."""
-  if "shared/embedding" not in shapes:
-    raise ConfigError("the checkpoint has no shared/embedding: only "
-                      "encoder-decoder models with one embedding export")
-  vocab, d = shapes["shared/embedding"]
-  bias = "encoder/block_000/layer_000/SelfAttention/relative_attention_bias"
+  if var_names.SHARED_EMBEDDING not in shapes:
+    raise ConfigError("the checkpoint has no %s: only encoder-decoder models "
+                      "with one embedding export" % var_names.SHARED_EMBEDDING)
+  vocab, d = shapes[var_names.SHARED_EMBEDDING]
+  first = var_names.sublayer(var_names.layer_scope("encoder", 0, 0),
+                             var_names.SELF_ATTENTION)
+  bias = var_names.attention(first, var_names.RELATIVE_BIAS)
   if bias not in shapes:
     raise ConfigError("the checkpoint has no %s: only T5-style shared "
                       "relative position biases export" % bias)
   heads, buckets = shapes[bias]
-  q = shapes.get("encoder/block_000/layer_000/SelfAttention/q")
+  q = shapes.get(var_names.attention(first, "q"))
   if q is None or len(q) != 2:
-    raise ConfigError("the checkpoint has no 2-D encoder/block_000/layer_000/"
-                      "SelfAttention/q: only T5 attention layers export")
+    raise ConfigError("the checkpoint has no 2-D %s: only T5 attention "
+                      "layers export" % var_names.attention(first, "q"))
   layers = {s: _block_indices(shapes, s) for s in ("encoder", "decoder")}
   sparse = {s: tuple(i for i in layers[s] if any(
-      n.startswith("%s/block_%03d/" % (s, i)) and "/SwitchFFN/" in n
-      for n in shapes)) for s in layers}
-  routers = [n for n in shapes if n.endswith("/SwitchFFN/router/kernel")]
+      n.startswith(var_names.block_prefix(s, i))
+      and var_names.in_switch_ffn(n) for n in shapes)) for s in layers}
+  routers = [n for n in shapes
+             if var_names.in_switch_ffn(n) and var_names.is_router(n)]
   experts = shapes[routers[0]][1] if routers else 0
-  gated = any("/wi_0/kernel" in n for n in shapes)
-  hidden = {shapes[n][-1] for n in shapes
-            if n.endswith(("/wi/kernel", "/wi_0/kernel"))}
+  wi, wi_0 = var_names.ffn_kernel("", "wi"), var_names.ffn_kernel("", "wi_0")
+  gated = any(n.endswith(wi_0) for n in shapes)
+  hidden = {shapes[n][-1] for n in shapes if n.endswith((wi, wi_0))}
   if len(hidden) != 1:
     raise ConfigError("the checkpoint's feed-forward layers have sizes %s: "
                       "Hugging Face has one d_ff" % sorted(hidden))
-  activation = _gin_value("SwitchFFN.activation", "relu")
+  activation = _gin_value("SwitchFFN.activation")
   activation = "gelu" if activation in ("gelu", "gated_gelu") else activation
   if expert_capacity is None:
-    expert_capacity = _gin_value("SwitchFFN.expert_capacity", None)
+    expert_capacity = _gin_value("SwitchFFN.expert_capacity")
   if expert_capacity is None:
     # Hugging Face has one capacity per sequence: the eval capacity of a
     # group of one input sequence.
     lengths = _gin_value("utils.run.sequence_length", {"inputs": 512})
     expert_capacity = capacity_lib.expert_capacity(
         lengths["inputs"], max(experts, 1),
-        _gin_value("SwitchFFN.capacity_factor_eval", 2.0),
-        _gin_value("SwitchFFN.min_expert_capacity", 4))
+        _gin_value("SwitchFFN.capacity_factor_eval"),
+        _gin_value("SwitchFFN.min_expert_capacity"))
   return Architecture(
       vocab_size=vocab, d_model=d, d_kv=q[1] // heads, d_ff=hidden.pop(),
       num_heads=heads, encoder_layers=len(layers["encoder"]),
       decoder_layers=len(layers["decoder"]), num_experts=experts,
       encoder_sparse=sparse["encoder"], decoder_sparse=sparse["decoder"],
       gated=gated, activation=activation,
-      tied="decoder/logits/kernel" not in shapes, num_buckets=buckets,
+      tied=var_names.logits("decoder") not in shapes, num_buckets=buckets,
       expert_capacity=int(expert_capacity),
-      router_jitter_noise=float(_gin_value("SwitchRouter.jitter_eps", 0.0)),
-      router_aux_loss_coef=float(_gin_value("SwitchRouter.aux_loss_coef",
-                                            0.01)),
-      router_z_loss_coef=float(_gin_value("SwitchRouter.z_loss_coef", 0.0)),
+      router_jitter_noise=float(_gin_value("SwitchRouter.jitter_eps")),
+      router_aux_loss_coef=float(_gin_value("SwitchRouter.aux_loss_coef")),
+      router_z_loss_coef=float(_gin_value("SwitchRouter.z_loss_coef")),
       dropout_rate=float(_gin_value("dropout_rate", 0.1)))
 
 

@@ -26,6 +26,7 @@ from switch_mtf.moe import layers
 from switch_mtf.moe import layout as layout_lib
 from switch_mtf.moe import models
 from switch_mtf.moe import routing
+from switch_mtf.moe import variable_names as names_lib
 from switch_mtf.errors import ConfigError
 
 
@@ -71,13 +72,14 @@ def _attention_variables(layer, scope, model_dim, shared_biases):
   else:
     q_dims = [_dim("heads", heads), _dim("d_kv", kv)]
     kv_dims = [_dim("heads", memory_heads), _dim("d_kv", kv)]
-  out = [Variable(scope + "/q", [model_dim] + q_dims),
-         Variable(scope + "/k", [model_dim] + kv_dims)]
+  out = [Variable(names_lib.attention(scope, "q"), [model_dim] + q_dims),
+         Variable(names_lib.attention(scope, "k"), [model_dim] + kv_dims)]
   if not layer.shared_kv:
-    out.append(Variable(scope + "/v", [model_dim] + kv_dims))
-  out.append(Variable(scope + "/o", q_dims + [model_dim]))
+    out.append(Variable(names_lib.attention(scope, "v"),
+                        [model_dim] + kv_dims))
+  out.append(Variable(names_lib.attention(scope, "o"), q_dims + [model_dim]))
   kind = layer.relative_attention_type
-  bias = Variable(scope + "/relative_attention_bias",
+  bias = Variable(names_lib.attention(scope, names_lib.RELATIVE_BIAS),
                   [_dim("heads", heads),
                    _dim("buckets", layer.relative_attention_num_buckets)])
   if isinstance(layer, transformer_layers.EncDecAttention) or kind is None:
@@ -97,11 +99,10 @@ def _attention_variables(layer, scope, model_dim, shared_biases):
 def _ffn_variables(hidden, activation, scope, model_dim, expert_dims=()):
   factors = len(activation) if isinstance(activation, (list, tuple)) else 1
   hidden_dim = _dim("d_ff" if not expert_dims else "expert_hidden", hidden)
-  names = (["wi"] if factors == 1
-           else ["wi_%d" % i for i in range(factors)])
-  out = [Variable(scope + "/%s/kernel" % n,
-                  list(expert_dims) + [model_dim, hidden_dim]) for n in names]
-  out.append(Variable(scope + "/wo/kernel",
+  out = [Variable(names_lib.ffn_kernel(scope, n),
+                  list(expert_dims) + [model_dim, hidden_dim])
+         for n in names_lib.ffn_inputs(factors)]
+  out.append(Variable(names_lib.ffn_kernel(scope, "wo"),
                       list(expert_dims) + [hidden_dim, model_dim]))
   return out
 
@@ -113,7 +114,7 @@ def _switch_variables(config, scope, model_dim, output_dim):
       config.hidden_size, layers.experts_lib.ACTIVATIONS[config.activation],
       scope, model_dim, [experts])
   weights[-1] = Variable(weights[-1].name, weights[-1].dims[:-1] + [output_dim])
-  router = Variable(scope + "/router/kernel",
+  router = Variable(names_lib.router_kernel(scope),
                     [model_dim, _dim("expert_unsplit", config.num_experts)])
   per_expert = sum(w.size for w in weights) // config.num_experts
   return [router] + weights, 2 * per_expert
@@ -127,10 +128,12 @@ def count_stack(stack, model_dim):
   layer_stack = stack.layer_stack
   for index, layer in enumerate(layer_stack.layers):
     scope = "%s/%s" % (stack.name, layer.name or "layer_%03d" % index)
-    result.variables.append(Variable(scope + "/rms_norm/scale", [model_dim]))
+    result.variables.append(Variable(names_lib.norm_scale(scope),
+                                     [model_dim]))
     if isinstance(layer, layers.SwitchFFN):
       weights, expert_flops = _switch_variables(
-          layer.config, scope + "/SwitchFFN", model_dim, model_dim)
+          layer.config, names_lib.sublayer(scope, names_lib.SWITCH_FFN),
+          model_dim, model_dim)
       result.variables += weights
       chosen = 2 if isinstance(layer.router, routing.Top2Router) else 1
       result.flops_per_token += expert_flops * chosen
@@ -138,35 +141,38 @@ def count_stack(stack, model_dim):
           2 * model_dim.size * layer.config.num_experts)
       result.switch_layers.append(layer)
     elif isinstance(layer, attention_lib.SwitchSelfAttention):
-      attn = scope + "/SwitchSelfAttention"
+      attn = names_lib.sublayer(scope, names_lib.SWITCH_ATTENTION)
       combined = _dim("heads", layer.num_heads * layer.key_value_size)
       for part in ("q_experts", "kv_experts"):
         weights, expert_flops = _switch_variables(
-            layer.config, attn + "/" + part, model_dim, combined)
+            layer.config, names_lib.sublayer(attn, part), model_dim, combined)
         result.variables += weights
         result.flops_per_token += expert_flops
         result.router_flops_per_token += (
             2 * model_dim.size * layer.config.num_experts)
-      result.variables.append(Variable(attn + "/o", [combined, model_dim]))
+      result.variables.append(Variable(names_lib.attention(attn, "o"),
+                                       [combined, model_dim]))
       result.flops_per_token += 2 * combined.size * model_dim.size
       biases = [v for v in _attention_variables(layer, attn, model_dim,
                                                 shared_biases)
-                if v.name.endswith("relative_attention_bias")]
+                if v.name.endswith(names_lib.RELATIVE_BIAS)]
       result.variables += biases
       result.attention_width = combined.size
       result.attention_layers += 1
     elif isinstance(layer, transformer_layers.DenseReluDense):
       if layer.use_bias:
         raise ConfigError("accounting does not support DenseReluDense biases")
-      weights = _ffn_variables(layer.hidden_size, layer.activation,
-                               scope + "/DenseReluDense", model_dim)
+      weights = _ffn_variables(
+          layer.hidden_size, layer.activation,
+          names_lib.sublayer(scope, names_lib.DENSE_FFN), model_dim)
       result.variables += weights
       result.flops_per_token += 2 * sum(w.size for w in weights)
     elif isinstance(layer, transformer_layers.SelfAttention):
       cross = isinstance(layer, transformer_layers.EncDecAttention)
-      name = "EncDecAttention" if cross else "SelfAttention"
-      weights = _attention_variables(layer, scope + "/" + name, model_dim,
-                                     shared_biases)
+      name = (names_lib.CROSS_ATTENTION if cross
+              else names_lib.SELF_ATTENTION)
+      weights = _attention_variables(
+          layer, names_lib.sublayer(scope, name), model_dim, shared_biases)
       result.variables += weights
       result.flops_per_token += 2 * sum(
           w.size for w in weights if not w.name.endswith("bias"))
@@ -178,7 +184,7 @@ def count_stack(stack, model_dim):
     else:
       raise ConfigError("accounting does not know layer %s"
                         % type(layer).__name__)
-  result.variables.append(Variable(stack.name + "/rms_norm/scale",
+  result.variables.append(Variable(names_lib.norm_scale(stack.name),
                                    [model_dim]))
   return result
 
@@ -260,11 +266,13 @@ def count(model_type, vocab_size, sequence_length, batch_size, layout="",
     variables += counted.variables
     vocab = stack.input_vocab_dim
     if not shared_embedding:
-      variables.append(Variable(stack.name + "/embedding", [vocab, model_dim]))
+      variables.append(Variable(names_lib.embedding(stack.name),
+                                [vocab, model_dim]))
     elif name == "encoder":
-      variables.append(Variable("shared/embedding", [vocab, model_dim]))
+      variables.append(Variable(names_lib.SHARED_EMBEDDING,
+                                [vocab, model_dim]))
     if stack.positional_embedding:
-      variables.append(Variable(stack.name + "/positional_embedding",
+      variables.append(Variable(names_lib.positional_embedding(stack.name),
                                 [stack.max_length_dim, model_dim]))
     per_token = counted.flops_per_token
     context = lengths[name]
@@ -274,7 +282,7 @@ def count(model_type, vocab_size, sequence_length, batch_size, layout="",
         counted.attention_width)
     if stack.output_vocab_dim is not None:
       if not stack.shared_embedding_and_softmax_weights:
-        variables.append(Variable(stack.name + "/logits/kernel",
+        variables.append(Variable(names_lib.logits(stack.name),
                                   [model_dim, stack.output_vocab_dim]))
       per_token += 2 * model_dim.size * stack.output_vocab_dim.size
     flops += per_token * lengths[name]
