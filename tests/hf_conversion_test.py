@@ -233,6 +233,27 @@ def test_import_then_export_gives_back_every_tensor(tmp_path, gated):
         **SMALL, tie_word_embeddings=not gated).to_dict()[key], key
 
 
+def test_settings_gin_leaves_unbound_are_the_code_defaults():
+  """What export writes for a setting the model's gin does not bind is the
+  default the layer and the router declare (one source of defaults)."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from switch_mtf.moe import layers  # pylint: disable=g-import-not-at-top
+  from switch_mtf.moe import routing  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  router, layer = routing.SwitchRouter(), layers.SwitchConfig()
+  for setting in ("jitter_eps", "aux_loss_coef", "z_loss_coef"):
+    assert hf_conversion._gin_value("SwitchRouter." + setting) == getattr(  # pylint: disable=protected-access
+        router, setting), setting
+  for setting in ("activation", "capacity_factor_eval", "min_expert_capacity",
+                  "expert_capacity"):
+    assert hf_conversion._gin_value("SwitchFFN." + setting) == getattr(  # pylint: disable=protected-access
+        layer, setting), setting
+  assert router.jitter_eps > 0   # the converter's own fallback was 0.0
+  gin.bind_parameter("SwitchRouter.jitter_eps", 0.05)
+  assert hf_conversion._gin_value("SwitchRouter.jitter_eps") == 0.05  # pylint: disable=protected-access
+  gin.clear_config()
+
+
 def test_converted_checkpoint_finetunes_and_exports_back(tmp_path):
   # The embedded task's byte vocabulary: 259 ids, 384 rows in Mesh TF.
   hf_dir = str(tmp_path / "hf")
