@@ -1,6 +1,8 @@
 """The switch-mtf command line: the demo job end to end, and bad input."""
 import json
 import os
+import subprocess
+import sys
 
 import helpers
 
@@ -51,3 +53,20 @@ def test_no_cuda_factory_lines_on_the_terminal():
   assert result.returncode == 0, result.stderr[-2000:]
   assert "Unable to register" not in result.stderr, result.stderr
   assert "expert capacity" in result.stdout
+
+
+def test_tensorflow_imports_without_jax_and_jax_still_imports_after():
+  """compat 15: TFLite's optional jax import is skipped at TensorFlow's
+  import (0.6 s); jax imports as usual afterwards."""
+  code = ("import sys\n"
+          "from switch_mtf import compat\n"
+          "compat.import_tensorflow_quietly()\n"
+          "import tensorflow as tf\n"
+          "print('jax' in sys.modules)\n"
+          "assert float(tf.reduce_sum(tf.ones([3]))) == 3.0\n"
+          "import jax\n"
+          "print(jax.numpy.add(1, 2))\n")
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                          text=True, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.split() == ["False", "3"], result.stdout
