@@ -72,6 +72,10 @@ setuptools.setup(
         "convert": ["torch==2.13.0"],
         # The conversion tests compare against Hugging Face's model in torch.
         "test": ["pytest", "torch==2.13.0"],
+        # GPU machines: TensorFlow's CUDA build and NVIDIA's libraries
+        # (bin/ takes it with SWITCH_MTF_TENSORFLOW=gpu; without it bin/
+        # installs tensorflow-cpu, see bin/ensure-env.sh).
+        "gpu": ["tensorflow[and-cuda]==2.15.1"],
     },
     entry_points={"console_scripts": ["switch-mtf=switch_mtf.cli:main"]},
 )

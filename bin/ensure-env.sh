@@ -14,9 +14,48 @@ find_python() {
   return 1
 }
 
+# TensorFlow's build: "cpu" (default: tensorflow-cpu, no CUDA libraries) or
+# "gpu" (the CUDA build with NVIDIA's libraries: setup.py's gpu extra).
+TENSORFLOW_BUILD="${SWITCH_MTF_TENSORFLOW:-cpu}"
+
+# tensorflow-text (which t5 and seqio need) requires the distribution named
+# `tensorflow`, which pip cannot satisfy with `tensorflow-cpu`.  For the CPU
+# build we hand pip an empty wheel `tensorflow 2.15.1+cpu` that requires
+# tensorflow-cpu 2.15.1: it satisfies `tensorflow==2.15.1` (a local version)
+# and pip prefers it to PyPI's 2.15.1, so the CUDA build is never fetched.
+cpu_tensorflow_placeholder() {
+  "$VENV/bin/python" - "$1" <<'PY'
+import base64, hashlib, os, sys, zipfile
+info = "tensorflow-2.15.1+cpu.dist-info/"
+files = {
+    info + "METADATA": "Metadata-Version: 2.1\nName: tensorflow\n"
+    "Version: 2.15.1+cpu\nSummary: switch_mtf's placeholder: TensorFlow is "
+    "tensorflow-cpu\nRequires-Dist: tensorflow-cpu==2.15.1\n",
+    info + "WHEEL": "Wheel-Version: 1.0\nGenerator: switch_mtf\n"
+    "Root-Is-Purelib: true\nTag: py3-none-any\n",
+}
+def digest(text):
+  raw = hashlib.sha256(text.encode()).digest()
+  return "sha256=%s,%d" % (
+      base64.urlsafe_b64encode(raw).rstrip(b"=").decode(), len(text))
+files[info + "RECORD"] = "".join(
+    "%s,%s\n" % (name, digest(text)) for name, text in files.items()
+) + info + "RECORD,,\n"
+path = os.path.join(sys.argv[1], "tensorflow-2.15.1+cpu-py3-none-any.whl")
+with zipfile.ZipFile(path, "w") as wheel:
+  for name, text in files.items():
+    wheel.writestr(name, text)
+PY
+}
+
 ensure_env() {
-  local stamp want
-  want="$(cat "$ROOT/setup.py" "$ROOT/constraints.txt" "$ROOT/bin/ensure-env.sh" | sha256sum | cut -c1-16)"
+  local stamp want extras links built
+  case "$TENSORFLOW_BUILD" in
+    cpu) extras="test" ;;
+    gpu) extras="test,gpu" ;;
+    *) echo "SWITCH_MTF_TENSORFLOW=$TENSORFLOW_BUILD is not a TensorFlow build: use cpu (the default) or gpu" >&2; exit 2 ;;
+  esac
+  want="$( (cat "$ROOT/setup.py" "$ROOT/constraints.txt" "$ROOT/bin/ensure-env.sh"; echo "$TENSORFLOW_BUILD") | sha256sum | cut -c1-16)"
   stamp="$VENV/.switch_mtf_installed"
   if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
     return 0
@@ -30,12 +69,23 @@ ensure_env() {
     echo "switch_mtf: creating $VENV with $py (first run only)" >&2
     "$py" -m venv "$VENV" || exit 1
   fi
-  echo "switch_mtf: installing the pinned stack into $VENV (a few minutes, first run only)" >&2
+  echo "switch_mtf: installing the pinned stack ($TENSORFLOW_BUILD TensorFlow) into $VENV (a few minutes, first run only)" >&2
+  # Another build than the one installed: remove it first (pip would keep
+  # it, as it satisfies tensorflow==2.15.1 too).
+  built="$(cat "$VENV/.switch_mtf_tensorflow" 2>/dev/null)"
+  if [ "$built" != "$TENSORFLOW_BUILD" ]; then
+    "$VENV/bin/python" -m pip uninstall -q -y tensorflow tensorflow-cpu >/dev/null 2>&1
+  fi
+  links="$(mktemp -d)"
+  [ "$TENSORFLOW_BUILD" = cpu ] && cpu_tensorflow_placeholder "$links"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
-      -c "$ROOT/constraints.txt" -e "$ROOT[test]" || {
+      --find-links "$links" -c "$ROOT/constraints.txt" -e "$ROOT[$extras]" || {
+    rm -rf "$links"
     echo "switch_mtf: installing the pinned stack failed (see the pip output above)" >&2
     exit 1
   }
+  rm -rf "$links"
+  echo "$TENSORFLOW_BUILD" > "$VENV/.switch_mtf_tensorflow"
   # One TFDS package: seqio-nightly requires tfds-nightly (a 2023 build) and
   # t5's mesh-tensorflow[transformer] requires tensorflow-datasets; both
   # install the module tensorflow_datasets, the second's files over the

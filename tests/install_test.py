@@ -65,3 +65,26 @@ def test_one_tfds_package_provides_tensorflow_datasets():
   assert providers == ["tensorflow-datasets"]
   assert tensorflow_datasets.__version__ == importlib.metadata.version(
       "tensorflow-datasets")
+
+
+def test_the_environment_has_the_tensorflow_build_it_was_made_with():
+  """bin/ensure-env.sh installs tensorflow-cpu unless asked for the CUDA
+  build (SWITCH_MTF_TENSORFLOW=gpu): the module tensorflow then comes from
+  tensorflow-cpu alone, and the CPU build logs no CUDA lines at import."""
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  import pytest  # pylint: disable=g-import-not-at-top
+  try:
+    with open(os.path.join(sys.prefix, ".switch_mtf_tensorflow")) as f:
+      build = f.read().strip()
+  except FileNotFoundError:
+    pytest.skip("this environment was not made by bin/ensure-env.sh")
+  providers = importlib.metadata.packages_distributions()["tensorflow"]
+  if build == "cpu":
+    assert providers == ["tensorflow-cpu"]
+    assert importlib.metadata.version("tensorflow") == "2.15.1+cpu"
+    assert importlib.metadata.requires("tensorflow") == [
+        "tensorflow-cpu==2.15.1"]
+    result = _run([sys.executable, "-c", "import tensorflow"])
+    assert "cuda" not in result.stderr.lower(), result.stderr
+  else:
+    assert build == "gpu" and providers == ["tensorflow"]
