@@ -90,6 +90,12 @@ Patches:
      0.6 s of every start.  ``import_tensorflow_quietly()`` hides jax
      while TensorFlow imports (TFLite then has no jax converter); a later
      ``import jax`` works as usual.
+  16. T5's ``t5_mesh_transformer`` shows every exception with its
+     traceback; a user error of ours (a layout that does not fit, a bad
+     gin value) is then a 250-line traceback.  When its main module is
+     imported, ``sys.excepthook`` shows the errors ``errors.user_error``
+     knows as the one line and exit status ``switch-mtf`` gives
+     (``SWITCH_MTF_DEBUG=1``: the traceback); other errors are unchanged.
 """
 import importlib.abc
 import importlib.util
@@ -398,6 +404,22 @@ def _place_master_variables():
     utils.mtf = _MtfWithVariablePlacer(utils.mtf)
 
 
+def _one_line_user_errors():
+  previous = sys.excepthook
+
+  def excepthook(kind, value, traceback):
+    from switch_mtf import errors  # pylint: disable=g-import-not-at-top
+    known = errors.user_error(value)
+    if known is None or os.environ.get("SWITCH_MTF_DEBUG"):
+      return previous(kind, value, traceback)
+    sys.stdout.flush()
+    sys.stderr.write(errors.line(known[0], "t5_mesh_transformer") + "\n")
+    sys.stderr.flush()
+    os._exit(known[1])  # pylint: disable=protected-access
+
+  sys.excepthook = excepthook
+
+
 class _BarePackage(importlib.abc.Loader):
   """``t5.models`` without its ``__init__`` (see 9): its submodules import
   from its directory as usual."""
@@ -462,6 +484,7 @@ _AFTER = {
                         _patch_checkpoint_resave),
     "mesh_tensorflow.transformer.utils": (_silence_loss_print,
                                           _place_master_variables),
+    "t5.models.mesh_transformer_main": (_one_line_user_errors,),
 }
 
 

@@ -47,9 +47,9 @@ def _disk_full(error):
               " writing " + os.path.dirname(where.group(1)) if where else ""))
 
 
-def line(message):
+def line(message, program="switch-mtf"):
   """How the command line shows an error the user can fix."""
-  return "switch-mtf: error: %s" % message
+  return "%s: error: %s" % (program, message)
 
 
 def exit_now(message, status):

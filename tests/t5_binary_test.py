@@ -39,3 +39,24 @@ def test_t5_binary_trains_our_switch_model_then_switch_mtf_evaluates(
                           model_dir)
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   assert "step 3: validation neg_log_perplexity" in evaluated.stdout
+
+
+def test_t5_binary_gives_our_one_line_error_for_a_layout_that_does_not_fit(
+    tmp_path):
+  """compat 16: 3 experts on the 2-device expert mesh is the line
+  switch-mtf gives (status 2, no traceback)."""
+  result = subprocess.run(
+      [BINARY, "--gin_location_prefix=%s/gin/" % ROOT,
+       "--gin_file=dataset.gin", "--gin_file=models/small/switch_8.gin",
+       "--gin_file=layouts/cpu_ep_2.gin",
+       "--gin_param=MIXTURE_NAME = 'switch_mtf_embedded_span_corruption'",
+       "--gin_param=run.train_steps = 3",
+       "--gin_param=SwitchFFN.num_experts = 3",
+       "--module_import=switch_mtf.tasks.all",
+       "--model_dir=" + str(tmp_path / "model")],
+      capture_output=True, text=True, check=False)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("t5_mesh_transformer: error: ") and (
+      "dimension 'experts' (size 3) cannot be split 2 ways" in last), last
