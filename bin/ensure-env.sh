@@ -1,5 +1,6 @@
-# Sourced by bin/switch-mtf and bin/test: creates (or reuses) .venv with the
-# pinned stack.  Re-installs when setup.py or constraints.txt change.
+# Sourced by bin/switch-mtf and bin/test (under set -euo pipefail): creates
+# (or reuses) .venv with the pinned stack.  Re-installs when setup.py,
+# constraints.txt, this script or the TensorFlow build change.
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${SWITCH_MTF_VENV:-$ROOT/.venv}"
 
@@ -14,9 +15,26 @@ find_python() {
   return 1
 }
 
-# TensorFlow's build: "cpu" (default: tensorflow-cpu, no CUDA libraries) or
-# "gpu" (the CUDA build with NVIDIA's libraries: setup.py's gpu extra).
-TENSORFLOW_BUILD="${SWITCH_MTF_TENSORFLOW:-cpu}"
+# TensorFlow's build, $SWITCH_MTF_TENSORFLOW:
+#   cpu   tensorflow-cpu (no CUDA kernels, no NVIDIA libraries): the default
+#         on Linux x86_64;
+#   gpu   the CUDA build and NVIDIA's libraries (setup.py's gpu extra);
+#   pypi  PyPI's `tensorflow` wheel as it is: the default elsewhere (there is
+#         no tensorflow-cpu 2.15.1 wheel for Linux aarch64 or macOS).
+# Unset, an existing environment keeps the build it has.
+tensorflow_build() {
+  local built
+  built="$(cat "$VENV/.switch_mtf_tensorflow" 2>/dev/null || true)"
+  if [ -n "${SWITCH_MTF_TENSORFLOW:-}" ]; then
+    echo "$SWITCH_MTF_TENSORFLOW"
+  elif [ -n "$built" ]; then
+    echo "$built"
+  elif [ "$(uname -sm)" = "Linux x86_64" ]; then
+    echo cpu
+  else
+    echo pypi
+  fi
+}
 
 # tensorflow-text (which t5 and seqio need) requires the distribution named
 # `tensorflow`, which pip cannot satisfy with `tensorflow-cpu`.  For the CPU
@@ -35,12 +53,13 @@ files = {
     "Root-Is-Purelib: true\nTag: py3-none-any\n",
 }
 def digest(text):
-  raw = hashlib.sha256(text.encode()).digest()
-  return "sha256=%s,%d" % (
-      base64.urlsafe_b64encode(raw).rstrip(b"=").decode(), len(text))
+  data = text.encode()
+  return "sha256=%s,%d" % (base64.urlsafe_b64encode(
+      hashlib.sha256(data).digest()).rstrip(b"=").decode(), len(data))
 files[info + "RECORD"] = "".join(
     "%s,%s\n" % (name, digest(text)) for name, text in files.items()
 ) + info + "RECORD,,\n"
+os.makedirs(sys.argv[1], exist_ok=True)
 path = os.path.join(sys.argv[1], "tensorflow-2.15.1+cpu-py3-none-any.whl")
 with zipfile.ZipFile(path, "w") as wheel:
   for name, text in files.items():
@@ -49,13 +68,14 @@ PY
 }
 
 ensure_env() {
-  local stamp want extras links built
-  case "$TENSORFLOW_BUILD" in
-    cpu) extras="test" ;;
+  local stamp want extras build built links
+  build="$(tensorflow_build)"
+  case "$build" in
+    cpu|pypi) extras="test" ;;
     gpu) extras="test,gpu" ;;
-    *) echo "SWITCH_MTF_TENSORFLOW=$TENSORFLOW_BUILD is not a TensorFlow build: use cpu (the default) or gpu" >&2; exit 2 ;;
+    *) echo "SWITCH_MTF_TENSORFLOW=$build is not a TensorFlow build: use cpu (tensorflow-cpu), gpu (the CUDA build) or pypi (PyPI's tensorflow wheel)" >&2; exit 2 ;;
   esac
-  want="$( (cat "$ROOT/setup.py" "$ROOT/constraints.txt" "$ROOT/bin/ensure-env.sh"; echo "$TENSORFLOW_BUILD") | sha256sum | cut -c1-16)"
+  want="$( (cat "$ROOT/setup.py" "$ROOT/constraints.txt" "$ROOT/bin/ensure-env.sh"; echo "$build") | sha256sum | cut -c1-16)"
   stamp="$VENV/.switch_mtf_installed"
   if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
     return 0
@@ -69,23 +89,27 @@ ensure_env() {
     echo "switch_mtf: creating $VENV with $py (first run only)" >&2
     "$py" -m venv "$VENV" || exit 1
   fi
-  echo "switch_mtf: installing the pinned stack ($TENSORFLOW_BUILD TensorFlow) into $VENV (a few minutes, first run only)" >&2
+  echo "switch_mtf: installing the pinned stack ($build TensorFlow) into $VENV (a few minutes, first run only)" >&2
   # Another build than the one installed: remove it first (pip would keep
   # it, as it satisfies tensorflow==2.15.1 too).
-  built="$(cat "$VENV/.switch_mtf_tensorflow" 2>/dev/null)"
-  if [ "$built" != "$TENSORFLOW_BUILD" ]; then
-    "$VENV/bin/python" -m pip uninstall -q -y tensorflow tensorflow-cpu >/dev/null 2>&1
+  built="$(cat "$VENV/.switch_mtf_tensorflow" 2>/dev/null || true)"
+  if [ "$built" != "$build" ]; then
+    "$VENV/bin/python" -m pip uninstall -q -y tensorflow tensorflow-cpu >/dev/null 2>&1 || true
   fi
-  links="$(mktemp -d)"
-  [ "$TENSORFLOW_BUILD" = cpu ] && cpu_tensorflow_placeholder "$links"
+  links="$VENV/.switch_mtf_wheels"
+  rm -rf "$links"
+  local find_links=()
+  if [ "$build" = cpu ]; then
+    cpu_tensorflow_placeholder "$links" || exit 1
+    find_links=(--find-links "$links")
+  fi
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
-      --find-links "$links" -c "$ROOT/constraints.txt" -e "$ROOT[$extras]" || {
-    rm -rf "$links"
+      ${find_links[@]+"${find_links[@]}"} \
+      -c "$ROOT/constraints.txt" -e "$ROOT[$extras]" || {
     echo "switch_mtf: installing the pinned stack failed (see the pip output above)" >&2
     exit 1
   }
-  rm -rf "$links"
-  echo "$TENSORFLOW_BUILD" > "$VENV/.switch_mtf_tensorflow"
+  echo "$build" > "$VENV/.switch_mtf_tensorflow"
   # One TFDS package: seqio-nightly requires tfds-nightly (a 2023 build) and
   # t5's mesh-tensorflow[transformer] requires tensorflow-datasets; both
   # install the module tensorflow_datasets, the second's files over the
