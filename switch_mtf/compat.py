@@ -79,10 +79,11 @@ Patches:
      on the default device: task 0 of a ``--cluster`` run held the whole
      model.  ``spread_master_variables(devices)`` makes the module's
      ``mtf.Mesh`` take a ``BalancedVariablePlacer`` over those devices.
-  14. TensorFlow 2.15's CUDA build registers its cuDNN, cuFFT and cuBLAS
-     factories twice when imported and logs each as an error ("E ...
-     Unable to register cuDNN factory"), on every machine, with a GPU or
-     without; users read "E" as an error.  ``import_tensorflow_quietly()``
+  14. TensorFlow 2.15's CUDA build (SWITCH_MTF_TENSORFLOW=gpu or pypi, or a
+     plain ``pip install .``; bin/'s default tensorflow-cpu has no CUDA)
+     registers its cuDNN, cuFFT and cuBLAS factories twice when imported
+     and logs each as an error ("E ... Unable to register cuDNN
+     factory"), with a GPU or without; users read "E" as an error.  ``import_tensorflow_quietly()``
      (the CLI's first TensorFlow import) drops those three lines and passes
      every other line of the import on.
   15. TensorFlow 2.15's TFLite module imports jax when it is installed
@@ -92,10 +93,10 @@ Patches:
      ``import jax`` works as usual.
   16. T5's ``t5_mesh_transformer`` shows every exception with its
      traceback; a user error of ours (a layout that does not fit, a bad
-     gin value) is then a 250-line traceback.  When its main module is
-     imported, ``sys.excepthook`` shows the errors ``errors.user_error``
-     knows as the one line and exit status ``switch-mtf`` gives
-     (``SWITCH_MTF_DEBUG=1``: the traceback); other errors are unchanged.
+     gin value) is then a 250-line traceback.  Its module's ``main`` is
+     wrapped: the errors ``errors.user_error`` knows end the program with
+     the one line and exit status ``switch-mtf`` gives (``SystemExit``,
+     which absl passes on); ``SWITCH_MTF_DEBUG=1`` keeps the traceback.
 """
 import importlib.abc
 import importlib.util
@@ -404,20 +405,30 @@ def _place_master_variables():
     utils.mtf = _MtfWithVariablePlacer(utils.mtf)
 
 
-def _one_line_user_errors():
-  previous = sys.excepthook
+class _OneLineUserErrors(object):
+  """t5_mesh_transformer's ``main``, with our user errors as one line
+  (see 16)."""
 
-  def excepthook(kind, value, traceback):
+  def __init__(self, main):
+    self._main = main
+
+  def __call__(self, argv):
     from switch_mtf import errors  # pylint: disable=g-import-not-at-top
-    known = errors.user_error(value)
-    if known is None or os.environ.get("SWITCH_MTF_DEBUG"):
-      return previous(kind, value, traceback)
-    sys.stdout.flush()
-    sys.stderr.write(errors.line(known[0], "t5_mesh_transformer") + "\n")
-    sys.stderr.flush()
-    os._exit(known[1])  # pylint: disable=protected-access
+    try:
+      return self._main(argv)
+    except Exception as e:  # pylint: disable=broad-except
+      known = errors.user_error(e)
+      if known is None or os.environ.get("SWITCH_MTF_DEBUG"):
+        raise
+      sys.stdout.flush()
+      print(errors.line(known[0], "t5_mesh_transformer"), file=sys.stderr)
+      raise SystemExit(known[1]) from None
 
-  sys.excepthook = excepthook
+
+def _one_line_user_errors():
+  main = sys.modules["t5.models.mesh_transformer_main"]
+  if not isinstance(main.main, _OneLineUserErrors):
+    main.main = _OneLineUserErrors(main.main)
 
 
 class _BarePackage(importlib.abc.Loader):

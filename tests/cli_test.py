@@ -48,11 +48,42 @@ def test_impossible_layout_is_one_line_and_exit_2(tmp_path):
 
 def test_no_cuda_factory_lines_on_the_terminal():
   """TensorFlow's CUDA build logs three "E ... Unable to register cuDNN /
-  cuFFT / cuBLAS factory" lines at import on every machine (compat 14)."""
+  cuFFT / cuBLAS factory" lines at import (compat 14; bin/'s default
+  tensorflow-cpu logs none)."""
   result = helpers.cli("info", "--gin_file=models/small/switch_8")
   assert result.returncode == 0, result.stderr[-2000:]
   assert "Unable to register" not in result.stderr, result.stderr
   assert "expert capacity" in result.stdout
+
+
+CUDA_LINES = [
+    "2026-12-03 15:49:47.206670: E external/local_xla/xla/stream_executor/"
+    "cuda/cuda_%s.cc:9261] Unable to register %s factory: Attempting to "
+    "register factory for plugin %s when one has already been registered"
+    % (path, plugin, plugin)
+    for path, plugin in (("dnn", "cuDNN"), ("fft", "cuFFT"),
+                         ("blas", "cuBLAS"))]
+
+
+def test_the_cuda_build_import_lines_are_dropped_and_others_pass(tmp_path):
+  """compat 14 on either build: a stand-in tensorflow that logs the CUDA
+  build's three lines and a real warning at import."""
+  fake = tmp_path / "tensorflow"
+  fake.mkdir()
+  lines = CUDA_LINES[:2] + ["W a real warning"] + CUDA_LINES[2:]
+  (fake / "__init__.py").write_text(
+      "import os\nos.write(2, %r)\n" % "".join(
+          line + "\n" for line in lines).encode())
+  code = ("import sys\n"
+          "sys.path.insert(0, %r)\n"
+          "from switch_mtf import compat\n"
+          "compat.import_tensorflow_quietly()\n"
+          "assert sys.modules['tensorflow'].__file__.startswith(%r)\n"
+          % (str(tmp_path), str(tmp_path)))
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                          text=True, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stderr == "W a real warning\n"
 
 
 def test_tensorflow_imports_without_jax_and_jax_still_imports_after():
