@@ -31,6 +31,7 @@ from mesh_tensorflow.transformer import transformer_layers
 from mesh_tensorflow.transformer import utils as mtf_utils
 import tensorflow.compat.v1 as tf
 
+from switch_mtf.moe import attention as attention_lib
 from switch_mtf.moe import layers
 from switch_mtf.errors import ConfigError
 
@@ -62,12 +63,17 @@ class SparseLayerStack(transformer.LayerStack):
     super(SparseLayerStack, self).__init__(layers_list, **kwargs)
 
   def call(self, context, x):
-    """LayerStack.call, with the attention kernels' initializer scaled (the
-    variables are made here, on the stack's first call)."""
-    scale_kernels = functools.partial(_scaled_attention_kernel,
-                                      scale=attention_init_scale())
-    with tf.variable_scope(tf.get_variable_scope(),
-                           custom_getter=scale_kernels,
+    """LayerStack.call, with the initializer of Mesh TF's attention kernels
+    scaled (the variables are made here, on the stack's first call)."""
+    # Layers made in a scope named after their class: Mesh TF's attention
+    # layers (SelfAttention, EncDecAttention, the local and other variants
+    # that subclass SelfAttention); Switch attention draws its own.
+    scopes = {type(layer).__name__ for layer in self.layers
+              if isinstance(layer, transformer_layers.SelfAttention)
+              and not isinstance(layer, attention_lib.SwitchSelfAttention)}
+    getter = functools.partial(_attention_init_getter, scopes=scopes,
+                               scale=attention_init_scale())
+    with tf.variable_scope(tf.get_variable_scope(), custom_getter=getter,
                            auxiliary_name_scope=False):
       return super(SparseLayerStack, self).call(context, x)
 
@@ -81,28 +87,28 @@ def attention_init_scale(scale=None):
   experiments ran on, hard-codes a plain normal with s = 1 for attention
   whatever the gin scale says (the measured std of a k kernel at d_model 128
   was 0.088 with scale 0.1 and with 1.0); ``attention_init_scale.scale =
-  1.0`` keeps that std (truncated, as every other matrix)."""
+  1.0`` keeps upstream's sigma, truncated at 2 sigma as every other matrix
+  (std 0.88 sigma).  Switch attention's kernels are not Mesh TF's: their
+  own init."""
   if scale is None:
     return mtf.layers.VarianceScalingInitializer().scale
   return scale
 
 
-# Mesh TF's attention layers: the scopes (their class names) and the kernels
-# that attention.AttentionParams makes in them, each with a plain normal
-# initializer of std fan_in^-1/2 (q: also d_kv^-1/2).
-_ATTENTION_SCOPES = ("SelfAttention", "EncDecAttention")
+# The kernels Mesh TF's attention.AttentionParams makes, each with a plain
+# normal initializer of std fan_in^-1/2 (q: also d_kv^-1/2).
 _ATTENTION_KERNELS = ("q", "k", "v", "kv", "o")
 
 
-def _scaled_attention_kernel(getter, name, *args, scale, **kwargs):
-  """Variable-scope custom getter: Mesh TF's attention kernels drawn as
-  every other weight matrix is (paper §2.4): a truncated normal (re-drawn
-  beyond 2 std, as VarianceScalingInitializer) with the layer's std times
-  sqrt(scale).  Every other variable is made as asked."""
+def _attention_init_getter(getter, name, *args, scopes, scale, **kwargs):
+  """Variable-scope custom getter: the kernels of the attention layers whose
+  class scopes are ``scopes`` are drawn as every other weight matrix is
+  (paper §2.4): a truncated normal (re-drawn beyond 2 std, as
+  VarianceScalingInitializer) with the layer's std times sqrt(scale).
+  Every other variable is made as asked."""
   initializer = kwargs.get("initializer")
   scope, _, kernel = name.rpartition("/")
-  if (kernel in _ATTENTION_KERNELS
-      and scope.rpartition("/")[2] in _ATTENTION_SCOPES
+  if (kernel in _ATTENTION_KERNELS and scope.rpartition("/")[2] in scopes
       and isinstance(initializer, tf.random_normal_initializer)):
     kwargs["initializer"] = tf.truncated_normal_initializer(
         mean=initializer.mean, stddev=initializer.stddev * scale ** 0.5,
