@@ -240,18 +240,21 @@ def test_settings_gin_leaves_unbound_are_the_code_defaults():
   from switch_mtf.moe import layers  # pylint: disable=g-import-not-at-top
   from switch_mtf.moe import routing  # pylint: disable=g-import-not-at-top
   gin.clear_config()
-  router, layer = routing.SwitchRouter(), layers.SwitchConfig()
-  for setting in ("jitter_eps", "aux_loss_coef", "z_loss_coef"):
-    assert hf_conversion._gin_value("SwitchRouter." + setting) == getattr(  # pylint: disable=protected-access
-        router, setting), setting
-  for setting in ("activation", "capacity_factor_eval", "min_expert_capacity",
-                  "expert_capacity"):
-    assert hf_conversion._gin_value("SwitchFFN." + setting) == getattr(  # pylint: disable=protected-access
-        layer, setting), setting
-  assert router.jitter_eps > 0   # the converter's own fallback was 0.0
-  gin.bind_parameter("SwitchRouter.jitter_eps", 0.05)
-  assert hf_conversion._gin_value("SwitchRouter.jitter_eps") == 0.05  # pylint: disable=protected-access
-  gin.clear_config()
+  try:
+    router, layer = routing.SwitchRouter(), layers.SwitchConfig()
+    for setting in ("jitter_eps", "aux_loss_coef", "z_loss_coef",
+                    "policy_train"):
+      assert hf_conversion._gin_value("SwitchRouter." + setting) == getattr(  # pylint: disable=protected-access
+          router, setting), setting
+    for setting in ("activation", "capacity_factor_eval",
+                    "min_expert_capacity", "expert_capacity"):
+      assert hf_conversion._gin_value("SwitchFFN." + setting) == getattr(  # pylint: disable=protected-access
+          layer, setting), setting
+    assert router.jitter_eps > 0   # the converter's own fallback was 0.0
+    gin.bind_parameter("SwitchRouter.jitter_eps", 0.05)
+    assert hf_conversion._gin_value("SwitchRouter.jitter_eps") == 0.05  # pylint: disable=protected-access
+  finally:
+    gin.clear_config()
 
 
 def test_converted_checkpoint_finetunes_and_exports_back(tmp_path):

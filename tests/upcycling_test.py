@@ -10,7 +10,7 @@ import tensorflow.compat.v1 as tf
 
 import helpers
 from switch_mtf.moe import accounting
-from switch_mtf.moe import variable_names
+from switch_mtf.moe import variable_names as var_names
 from switch_mtf import config
 from switch_mtf.train import upcycling
 from switch_mtf.errors import ConfigError
@@ -51,7 +51,7 @@ def test_upcycled_experts_equal_the_dense_ffn(dense, tmp_path):
       continue
     value = reader.get_tensor(name)
     assert list(value.shape) == shape
-    source = variable_names.dense_counterpart(name)
+    source = var_names.dense_counterpart(name)
     if source:
       experts += 1
       for expert in value:           # every expert is the dense FFN
@@ -89,5 +89,5 @@ def test_upcycle_mode_trains_from_the_upcycled_weights(dense, tmp_path):
                                 arrays["shared/embedding"])
   name = "encoder/block_001/layer_001/SwitchFFN/wo/kernel"
   np.testing.assert_array_equal(
-      start.get_tensor(name)[5], arrays[variable_names.dense_counterpart(name)])
+      start.get_tensor(name)[5], arrays[var_names.dense_counterpart(name)])
   assert os.path.exists(os.path.join(model_dir, "model.ckpt-2.index"))

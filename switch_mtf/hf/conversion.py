@@ -179,21 +179,21 @@ def tensor_map(arch):
         out.append(Tensor(var_names.norm_scale(ours), (d,),
                           (hf + ".layer_norm.weight",)))
         if kind != "FFN":
-          scope = var_names.sublayer(ours, kind)
+          scope = var_names.child_scope(ours, kind)
           for w in ("q", "k", "v"):
-            out.append(Tensor(var_names.attention(scope, w), (d, hk),
+            out.append(Tensor(var_names.attention_variable(scope, w), (d, hk),
                               ("%s.%s.%s.weight" % (hf, kind, w),), True))
-          out.append(Tensor(var_names.attention(scope, "o"), (hk, d),
+          out.append(Tensor(var_names.attention_variable(scope, "o"), (hk, d),
                             ("%s.%s.o.weight" % (hf, kind),), True))
           if i == 0 and kind == var_names.SELF_ATTENTION:
             out.append(Tensor(
-                var_names.attention(scope, var_names.RELATIVE_BIAS),
+                var_names.attention_variable(scope, var_names.RELATIVE_BIAS),
                 (arch.num_heads, arch.num_buckets),
                 (hf + ".SelfAttention.relative_attention_bias.weight",),
                 True))
         elif i in sparse:
           e = arch.num_experts
-          scope = var_names.sublayer(ours, var_names.SWITCH_FFN)
+          scope = var_names.child_scope(ours, var_names.SWITCH_FFN)
           out.append(Tensor(var_names.router_kernel(scope), (d, e),
                             (hf + ".mlp.router.classifier.weight",), True))
           for w, shape in [(w, (e, d, arch.d_ff)) for w in wi] + [
@@ -203,7 +203,7 @@ def tensor_map(arch):
                 tuple("%s.mlp.experts.expert_%d.%s.weight" % (hf, x, w)
                       for x in range(e)), True))
         else:
-          scope = var_names.sublayer(ours, var_names.DENSE_FFN)
+          scope = var_names.child_scope(ours, var_names.DENSE_FFN)
           for w, shape in [(w, (d, arch.d_ff)) for w in wi] + [
               ("wo", (arch.d_ff, d))]:
             out.append(Tensor(var_names.ffn_kernel(scope, w), shape,
@@ -419,8 +419,9 @@ def _declared_default(name):
   if configurable == "SwitchFFN":
     return {f.name: f.default
             for f in dataclasses.fields(layers.SwitchConfig)}[setting]
-  assert configurable == "SwitchRouter", name
-  return inspect.signature(routing.SwitchRouter).parameters[setting].default
+  if configurable == "SwitchRouter":
+    return inspect.signature(routing.SwitchRouter).parameters[setting].default
+  raise ValueError("no declared default for %s: pass one" % name)
 
 
 def _gin_value(name, default=_DECLARED):
@@ -441,17 +442,18 @@ def architecture_from_checkpoint(shapes, expert_capacity=None):
     raise ConfigError("the checkpoint has no %s: only encoder-decoder models "
                       "with one embedding export" % var_names.SHARED_EMBEDDING)
   vocab, d = shapes[var_names.SHARED_EMBEDDING]
-  first = var_names.sublayer(var_names.layer_scope("encoder", 0, 0),
+  first = var_names.child_scope(var_names.layer_scope("encoder", 0, 0),
                              var_names.SELF_ATTENTION)
-  bias = var_names.attention(first, var_names.RELATIVE_BIAS)
+  bias = var_names.attention_variable(first, var_names.RELATIVE_BIAS)
   if bias not in shapes:
     raise ConfigError("the checkpoint has no %s: only T5-style shared "
                       "relative position biases export" % bias)
   heads, buckets = shapes[bias]
-  q = shapes.get(var_names.attention(first, "q"))
+  q_name = var_names.attention_variable(first, "q")
+  q = shapes.get(q_name)
   if q is None or len(q) != 2:
     raise ConfigError("the checkpoint has no 2-D %s: only T5 attention "
-                      "layers export" % var_names.attention(first, "q"))
+                      "layers export" % q_name)
   layers = {s: _block_indices(shapes, s) for s in ("encoder", "decoder")}
   sparse = {s: tuple(i for i in layers[s] if any(
       n.startswith(var_names.block_prefix(s, i))
@@ -485,7 +487,12 @@ def architecture_from_checkpoint(shapes, expert_capacity=None):
       gated=gated, activation=activation,
       tied=var_names.logits("decoder") not in shapes, num_buckets=buckets,
       expert_capacity=int(expert_capacity),
-      router_jitter_noise=float(_gin_value("SwitchRouter.jitter_eps")),
+      # Hugging Face jitters whenever router_jitter_noise > 0; ours only
+      # with the input_jitter policy.
+      router_jitter_noise=float(
+          _gin_value("SwitchRouter.jitter_eps")
+          if _gin_value("SwitchRouter.policy_train") == "input_jitter"
+          else 0.0),
       router_aux_loss_coef=float(_gin_value("SwitchRouter.aux_loss_coef")),
       router_z_loss_coef=float(_gin_value("SwitchRouter.z_loss_coef")),
       dropout_rate=float(_gin_value("dropout_rate", 0.1)))

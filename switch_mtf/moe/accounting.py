@@ -15,6 +15,7 @@ For an encoder-decoder, ``flops_per_token`` is the FLOPs per sequence divided
 by the input plus target length.
 """
 import dataclasses
+import functools
 import typing
 
 import mesh_tensorflow as mtf
@@ -26,7 +27,7 @@ from switch_mtf.moe import layers
 from switch_mtf.moe import layout as layout_lib
 from switch_mtf.moe import models
 from switch_mtf.moe import routing
-from switch_mtf.moe import variable_names as names_lib
+from switch_mtf.moe import variable_names as var_names
 from switch_mtf.errors import ConfigError
 
 
@@ -72,14 +73,14 @@ def _attention_variables(layer, scope, model_dim, shared_biases):
   else:
     q_dims = [_dim("heads", heads), _dim("d_kv", kv)]
     kv_dims = [_dim("heads", memory_heads), _dim("d_kv", kv)]
-  out = [Variable(names_lib.attention(scope, "q"), [model_dim] + q_dims),
-         Variable(names_lib.attention(scope, "k"), [model_dim] + kv_dims)]
+  name = functools.partial(var_names.attention_variable, scope)
+  out = [Variable(name("q"), [model_dim] + q_dims),
+         Variable(name("k"), [model_dim] + kv_dims)]
   if not layer.shared_kv:
-    out.append(Variable(names_lib.attention(scope, "v"),
-                        [model_dim] + kv_dims))
-  out.append(Variable(names_lib.attention(scope, "o"), q_dims + [model_dim]))
+    out.append(Variable(name("v"), [model_dim] + kv_dims))
+  out.append(Variable(name("o"), q_dims + [model_dim]))
   kind = layer.relative_attention_type
-  bias = Variable(names_lib.attention(scope, names_lib.RELATIVE_BIAS),
+  bias = Variable(name(var_names.RELATIVE_BIAS),
                   [_dim("heads", heads),
                    _dim("buckets", layer.relative_attention_num_buckets)])
   if isinstance(layer, transformer_layers.EncDecAttention) or kind is None:
@@ -99,10 +100,10 @@ def _attention_variables(layer, scope, model_dim, shared_biases):
 def _ffn_variables(hidden, activation, scope, model_dim, expert_dims=()):
   factors = len(activation) if isinstance(activation, (list, tuple)) else 1
   hidden_dim = _dim("d_ff" if not expert_dims else "expert_hidden", hidden)
-  out = [Variable(names_lib.ffn_kernel(scope, n),
+  out = [Variable(var_names.ffn_kernel(scope, n),
                   list(expert_dims) + [model_dim, hidden_dim])
-         for n in names_lib.ffn_inputs(factors)]
-  out.append(Variable(names_lib.ffn_kernel(scope, "wo"),
+         for n in var_names.ffn_inputs(factors)]
+  out.append(Variable(var_names.ffn_kernel(scope, "wo"),
                       list(expert_dims) + [hidden_dim, model_dim]))
   return out
 
@@ -114,7 +115,7 @@ def _switch_variables(config, scope, model_dim, output_dim):
       config.hidden_size, layers.experts_lib.ACTIVATIONS[config.activation],
       scope, model_dim, [experts])
   weights[-1] = Variable(weights[-1].name, weights[-1].dims[:-1] + [output_dim])
-  router = Variable(names_lib.router_kernel(scope),
+  router = Variable(var_names.router_kernel(scope),
                     [model_dim, _dim("expert_unsplit", config.num_experts)])
   per_expert = sum(w.size for w in weights) // config.num_experts
   return [router] + weights, 2 * per_expert
@@ -128,11 +129,11 @@ def count_stack(stack, model_dim):
   layer_stack = stack.layer_stack
   for index, layer in enumerate(layer_stack.layers):
     scope = "%s/%s" % (stack.name, layer.name or "layer_%03d" % index)
-    result.variables.append(Variable(names_lib.norm_scale(scope),
+    result.variables.append(Variable(var_names.norm_scale(scope),
                                      [model_dim]))
     if isinstance(layer, layers.SwitchFFN):
       weights, expert_flops = _switch_variables(
-          layer.config, names_lib.sublayer(scope, names_lib.SWITCH_FFN),
+          layer.config, var_names.child_scope(scope, var_names.SWITCH_FFN),
           model_dim, model_dim)
       result.variables += weights
       chosen = 2 if isinstance(layer.router, routing.Top2Router) else 1
@@ -141,21 +142,22 @@ def count_stack(stack, model_dim):
           2 * model_dim.size * layer.config.num_experts)
       result.switch_layers.append(layer)
     elif isinstance(layer, attention_lib.SwitchSelfAttention):
-      attn = names_lib.sublayer(scope, names_lib.SWITCH_ATTENTION)
+      attn = var_names.child_scope(scope, var_names.SWITCH_ATTENTION)
       combined = _dim("heads", layer.num_heads * layer.key_value_size)
       for part in ("q_experts", "kv_experts"):
         weights, expert_flops = _switch_variables(
-            layer.config, names_lib.sublayer(attn, part), model_dim, combined)
+            layer.config, var_names.child_scope(attn, part), model_dim,
+            combined)
         result.variables += weights
         result.flops_per_token += expert_flops
         result.router_flops_per_token += (
             2 * model_dim.size * layer.config.num_experts)
-      result.variables.append(Variable(names_lib.attention(attn, "o"),
+      result.variables.append(Variable(var_names.attention_variable(attn, "o"),
                                        [combined, model_dim]))
       result.flops_per_token += 2 * combined.size * model_dim.size
       biases = [v for v in _attention_variables(layer, attn, model_dim,
                                                 shared_biases)
-                if v.name.endswith(names_lib.RELATIVE_BIAS)]
+                if v.name.endswith(var_names.RELATIVE_BIAS)]
       result.variables += biases
       result.attention_width = combined.size
       result.attention_layers += 1
@@ -164,15 +166,15 @@ def count_stack(stack, model_dim):
         raise ConfigError("accounting does not support DenseReluDense biases")
       weights = _ffn_variables(
           layer.hidden_size, layer.activation,
-          names_lib.sublayer(scope, names_lib.DENSE_FFN), model_dim)
+          var_names.child_scope(scope, var_names.DENSE_FFN), model_dim)
       result.variables += weights
       result.flops_per_token += 2 * sum(w.size for w in weights)
     elif isinstance(layer, transformer_layers.SelfAttention):
       cross = isinstance(layer, transformer_layers.EncDecAttention)
-      name = (names_lib.CROSS_ATTENTION if cross
-              else names_lib.SELF_ATTENTION)
+      name = (var_names.CROSS_ATTENTION if cross
+              else var_names.SELF_ATTENTION)
       weights = _attention_variables(
-          layer, names_lib.sublayer(scope, name), model_dim, shared_biases)
+          layer, var_names.child_scope(scope, name), model_dim, shared_biases)
       result.variables += weights
       result.flops_per_token += 2 * sum(
           w.size for w in weights if not w.name.endswith("bias"))
@@ -184,7 +186,7 @@ def count_stack(stack, model_dim):
     else:
       raise ConfigError("accounting does not know layer %s"
                         % type(layer).__name__)
-  result.variables.append(Variable(names_lib.norm_scale(stack.name),
+  result.variables.append(Variable(var_names.norm_scale(stack.name),
                                    [model_dim]))
   return result
 
@@ -266,13 +268,13 @@ def count(model_type, vocab_size, sequence_length, batch_size, layout="",
     variables += counted.variables
     vocab = stack.input_vocab_dim
     if not shared_embedding:
-      variables.append(Variable(names_lib.embedding(stack.name),
+      variables.append(Variable(var_names.embedding(stack.name),
                                 [vocab, model_dim]))
     elif name == "encoder":
-      variables.append(Variable(names_lib.SHARED_EMBEDDING,
+      variables.append(Variable(var_names.SHARED_EMBEDDING,
                                 [vocab, model_dim]))
     if stack.positional_embedding:
-      variables.append(Variable(names_lib.positional_embedding(stack.name),
+      variables.append(Variable(var_names.positional_embedding(stack.name),
                                 [stack.max_length_dim, model_dim]))
     per_token = counted.flops_per_token
     context = lengths[name]
@@ -282,7 +284,7 @@ def count(model_type, vocab_size, sequence_length, batch_size, layout="",
         counted.attention_width)
     if stack.output_vocab_dim is not None:
       if not stack.shared_embedding_and_softmax_weights:
-        variables.append(Variable(names_lib.logits(stack.name),
+        variables.append(Variable(var_names.logits(stack.name),
                                   [model_dim, stack.output_vocab_dim]))
       per_token += 2 * model_dim.size * stack.output_vocab_dim.size
     flops += per_token * lengths[name]

@@ -31,10 +31,11 @@ def layer_scope(stack, block, index):
   return "%s/block_%03d/layer_%03d" % (stack, block, index)
 
 
-def sublayer(layer, kind):
-  """``.../layer_001/SwitchFFN``: the scope of the layer of class ``kind``
-  (one of the names above) at layer scope ``layer``."""
-  return "%s/%s" % (layer, kind)
+def child_scope(parent, name):
+  """The scope ``name`` inside ``parent``: a layer's class scope
+  (``.../layer_001`` + ``SwitchFFN``), or a part of a layer
+  (``.../SwitchSelfAttention`` + ``q_experts``)."""
+  return "%s/%s" % (parent, name)
 
 
 def block_prefix(stack, block):
@@ -71,7 +72,7 @@ def logits(stack):
   return stack + "/logits/kernel"
 
 
-def attention(scope, part):
+def attention_variable(scope, part):
   """``part`` (q, k, v, kv, o, relative_attention_bias) of the attention
   layer at ``scope`` (``.../layer_000/SelfAttention``)."""
   return "%s/%s" % (scope, part)

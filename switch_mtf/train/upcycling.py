@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow.compat.v1 as tf
 
 from switch_mtf.moe import accounting
-from switch_mtf.moe import variable_names
+from switch_mtf.moe import variable_names as var_names
 from switch_mtf import checkpoint_io
 from switch_mtf.errors import ConfigError
 
@@ -33,10 +33,10 @@ def upcycled_values(dense_checkpoint, switch_variables):
   saved = reader.get_variable_to_shape_map()
   values = {}
   for name, shape in switch_variables:
-    if variable_names.is_router(name):
+    if var_names.is_router(name):
       continue   # a new router: its usual initializer
     shape = list(shape)
-    source = variable_names.dense_counterpart(name)
+    source = var_names.dense_counterpart(name)
     if source is not None:
       if source not in saved or list(saved[source]) != shape[1:]:
         raise ConfigError(
@@ -80,7 +80,7 @@ def upcycle(dense_model_dir, prefix, vocab_size, sequence_length, batch_size,
   report = accounting.count(model_type, vocab_size, sequence_length,
                             batch_size)
   switch = [(v.name, [d.size for d in v.dims]) for v in report.variables]
-  if not any(variable_names.dense_counterpart(name) for name, _ in switch):
+  if not any(var_names.dense_counterpart(name) for name, _ in switch):
     raise ConfigError("the gin model has no Switch layer to upcycle into: "
                       "add a Switch model, e.g. models/small/switch_8")
   return write_checkpoint(upcycled_values(dense, switch), prefix)
