@@ -327,3 +327,22 @@ def test_train_with_serialized_microbatches(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   losses = helpers.losses(result.stdout)
   assert sorted(losses) == [1, 2] and all(0 < v < 20 for v in losses.values())
+
+
+def test_a_gpu_layout_under_tensorflows_cpu_build_is_one_error(tmp_path):
+  """bin/'s default TensorFlow is tensorflow-cpu: a GPU layout would run on
+  the CPU (soft placement), so it is refused with the way to the CUDA
+  build; cluster devices are the workers' and are not judged here."""
+  import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
+  from switch_mtf import config  # pylint: disable=g-import-not-at-top
+  from switch_mtf.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  from switch_mtf.train import run  # pylint: disable=g-import-not-at-top
+  if tf.test.is_built_with_cuda():
+    pytest.skip("TensorFlow's CUDA build: GPU layouts are allowed")
+  config.parse(["models/small/switch_8", "layouts/gpu_1"])
+  with pytest.raises(ConfigError, match=r"places the mesh on gpu:0, but "
+                     r"this TensorFlow is its CPU build \(tensorflow-cpu\): "
+                     r"install the CUDA build with SWITCH_MTF_TENSORFLOW=gpu"):
+    run.make_model(str(tmp_path), 4, {"inputs": 16, "targets": 4})
+  run._check_gpu_build(  # pylint: disable=protected-access
+      ["cpu:0", "/job:worker/replica:0/task:1/device:GPU:0"])

@@ -55,6 +55,21 @@ def _activation_dtype_bindings(tpu):
   return ["utils.get_variable_dtype.activation_dtype = 'bfloat16'"]
 
 
+def _check_gpu_build(devices):
+  """One line for a layout on this machine's GPUs under TensorFlow's CPU
+  build (bin/'s default), which would quietly place everything on the
+  CPU.  (Devices of a --cluster run are the workers', checked there.)"""
+  local_gpus = [d for d in devices or [] if isinstance(d, str)
+                and not d.startswith("/job:") and "gpu" in d.lower()]
+  if local_gpus and not tf.test.is_built_with_cuda():
+    raise ConfigError(
+        "the layout places the mesh on %s, but this TensorFlow is its CPU "
+        "build (tensorflow-cpu): install the CUDA build with "
+        "SWITCH_MTF_TENSORFLOW=gpu bin/switch-mtf ... (README: Installation "
+        "details), or use a cpu_* layout" % ", ".join(local_gpus[:2] + (
+            ["..."] if len(local_gpus) > 2 else [])))
+
+
 def make_model(model_dir, batch_size, sequence_length, learning_rate=None,
                save_checkpoints_steps=100, keep_checkpoint_max=5, tpu=None,
                tpu_topology=None, gin_bindings=(), master=None):
@@ -70,6 +85,8 @@ def make_model(model_dir, batch_size, sequence_length, learning_rate=None,
   if not mesh_shape and tpu is None:
     raise ConfigError("no mesh: add a layout, e.g. "
                       "--gin_file=layouts/cpu_ep_2 (see gin/layouts/)")
+  if tpu is None:
+    _check_gpu_build(config.query("utils.run.mesh_devices"))
   schedule = (constant_learning_rate(learning_rate)
               if learning_rate is not None else rsqrt_learning_rate)
   dtype_bindings = _activation_dtype_bindings(tpu)
