@@ -1,8 +1,6 @@
 """The switch-mtf command line: the demo job end to end, and bad input."""
 import json
 import os
-import subprocess
-import sys
 
 import helpers
 
@@ -80,9 +78,7 @@ def test_the_cuda_build_import_lines_are_dropped_and_others_pass(tmp_path):
           "compat.import_tensorflow_quietly()\n"
           "assert sys.modules['tensorflow'].__file__.startswith(%r)\n"
           % (str(tmp_path), str(tmp_path)))
-  result = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                          text=True, check=False)
-  assert result.returncode == 0, result.stderr[-2000:]
+  result = helpers.fresh_python(code)
   assert result.stderr == "W a real warning\n"
 
 
@@ -97,7 +93,5 @@ def test_tensorflow_imports_without_jax_and_jax_still_imports_after():
           "assert float(tf.reduce_sum(tf.ones([3]))) == 3.0\n"
           "import jax\n"
           "print(jax.numpy.add(1, 2))\n")
-  result = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                          text=True, check=False)
-  assert result.returncode == 0, result.stderr[-2000:]
+  result = helpers.fresh_python(code)
   assert result.stdout.split() == ["False", "3"], result.stdout

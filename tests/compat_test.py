@@ -47,15 +47,11 @@ def test_same_seed_same_numbers_in_separate_processes(tmp_path):
 
 def test_t5_mesh_tensorflow_model_imports_without_torch():
   # In a fresh interpreter: the conversion tests import torch into this one.
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  code = ("import sys, switch_mtf\n"
-          "from t5.models import mtf_model\n"
-          "assert mtf_model.MtfModel.train\n"
-          "print('torch' in sys.modules)\n")
-  result = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                          text=True, check=False)
-  assert result.returncode == 0, result.stderr[-2000:]
+  import helpers  # pylint: disable=g-import-not-at-top
+  result = helpers.fresh_python("import sys, switch_mtf\n"
+                                "from t5.models import mtf_model\n"
+                                "assert mtf_model.MtfModel.train\n"
+                                "print('torch' in sys.modules)\n")
   assert result.stdout.strip().splitlines()[-1] == "False"
 
 

@@ -97,6 +97,15 @@ def cli(*args, **kwargs):
                         check=False, **kwargs)
 
 
+def fresh_python(code):
+  """Runs ``code`` in a new interpreter of this environment; asserts it
+  succeeds and returns its result (output captured)."""
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                          text=True, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  return result
+
+
 def losses(output):
   """{step: loss} from a run's progress lines."""
   return {int(s): float(v) for s, v in re.findall(

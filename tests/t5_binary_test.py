@@ -14,18 +14,25 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINARY = os.path.join(os.path.dirname(sys.executable), "t5_mesh_transformer")
 
 
-def test_t5_binary_trains_our_switch_model_then_switch_mtf_evaluates(
-    tmp_path):
-  model_dir = str(tmp_path / "model")
-  result = subprocess.run(
+def _t5_binary(model_dir, *gin_params):
+  """T5's binary training small/switch_8 on cpu_ep_2 for 3 steps, our tasks
+  through --module_import, and ``gin_params``."""
+  return subprocess.run(
       [BINARY, "--gin_location_prefix=%s/gin/" % ROOT,
        "--gin_file=dataset.gin", "--gin_file=models/small/switch_8.gin",
        "--gin_file=layouts/cpu_ep_2.gin",
        "--gin_param=MIXTURE_NAME = 'switch_mtf_embedded_span_corruption'",
-       "--gin_param=run.train_steps = 3",
-       "--gin_param=run.save_checkpoints_steps = 3",
-       "--module_import=switch_mtf.tasks.all", "--model_dir=" + model_dir],
-      capture_output=True, text=True, check=False)
+       "--gin_param=run.train_steps = 3"]
+      + ["--gin_param=" + p for p in gin_params]
+      + ["--module_import=switch_mtf.tasks.all", "--model_dir=" + model_dir],
+      capture_output=True, text=True, check=False,
+      env={k: v for k, v in os.environ.items() if k != "SWITCH_MTF_DEBUG"})
+
+
+def test_t5_binary_trains_our_switch_model_then_switch_mtf_evaluates(
+    tmp_path):
+  model_dir = str(tmp_path / "model")
+  result = _t5_binary(model_dir, "run.save_checkpoints_steps = 3")
   assert result.returncode == 0, result.stderr[-3000:]
   reader = tf.train.load_checkpoint(os.path.join(model_dir, "model.ckpt-3"))
   # Our Switch layers, 8 experts split over the 2-device mesh's checkpoint.
@@ -46,17 +53,7 @@ def test_t5_binary_gives_our_one_line_error_for_a_layout_that_does_not_fit(
   """compat 16: 3 experts on the 2-device expert mesh is the line
   switch-mtf gives (status 2, no traceback); T5's binary still works (the
   test above)."""
-  result = subprocess.run(
-      [BINARY, "--gin_location_prefix=%s/gin/" % ROOT,
-       "--gin_file=dataset.gin", "--gin_file=models/small/switch_8.gin",
-       "--gin_file=layouts/cpu_ep_2.gin",
-       "--gin_param=MIXTURE_NAME = 'switch_mtf_embedded_span_corruption'",
-       "--gin_param=run.train_steps = 3",
-       "--gin_param=SwitchFFN.num_experts = 3",
-       "--module_import=switch_mtf.tasks.all",
-       "--model_dir=" + str(tmp_path / "model")],
-      capture_output=True, text=True, check=False,
-      env={k: v for k, v in os.environ.items() if k != "SWITCH_MTF_DEBUG"})
+  result = _t5_binary(str(tmp_path / "model"), "SwitchFFN.num_experts = 3")
   assert result.returncode == 2, result.stderr[-3000:]
   assert "Traceback" not in result.stderr
   last = result.stderr.strip().splitlines()[-1]
