@@ -418,7 +418,7 @@ class Peer(object):
     loss, mean_ce = self.loss(batch)
     loss.backward()
     self.optimizer.step()
-    return float(loss), mean_ce
+    return float(loss.detach()), mean_ce
 
   def neg_log_perplexity(self, examples, batch_size=64):
     """Mean log-likelihood per target token on ``evaluation.Examples``."""
