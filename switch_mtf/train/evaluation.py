@@ -33,6 +33,7 @@ import seqio
 import tensorflow.compat.v1 as tf
 
 from switch_mtf.train import model_dir
+from switch_mtf.train import pipelines
 from switch_mtf.moe import models
 from switch_mtf.errors import ConfigError
 
@@ -96,8 +97,8 @@ def fixed_examples(task_name, split, lengths, seed=EVAL_SEED):
                  if k in subtask.output_features)
 
     def build(subtask=subtask, keys=keys):
-      dataset = subtask.get_dataset(lengths, split=split, shuffle=False,
-                                    num_epochs=1, seed=seed)
+      dataset = pipelines.build(subtask.name, lambda: subtask.get_dataset(
+          lengths, split=split, shuffle=False, num_epochs=1, seed=seed))
       return transformer_dataset.pack_or_pad(
           dataset, lengths, pack=False, feature_keys=keys,
           ensure_eos=set(k for k in keys

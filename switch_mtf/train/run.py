@@ -21,6 +21,7 @@ import tensorflow.compat.v1 as tf
 from switch_mtf import compat
 from switch_mtf import config
 from switch_mtf.train import evaluation
+from switch_mtf.train import pipelines
 from switch_mtf.train import training
 from switch_mtf.errors import ConfigError
 
@@ -197,8 +198,8 @@ def check_nonempty(task_name, split, model):
   lengths = model._sequence_length  # pylint: disable=protected-access
 
   def has_element():
-    return _has_element(task.get_dataset(lengths, split=split, shuffle=False,
-                                         num_epochs=1))
+    return _has_element(pipelines.build(task_name, lambda: task.get_dataset(
+        lengths, split=split, shuffle=False, num_epochs=1)))
   if not _memo(task, ("nonempty", split), lengths, has_element):
     bad = [getattr(t.source, "bad_records", None)
            for t in seqio.get_subtasks(task)]

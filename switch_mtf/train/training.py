@@ -24,6 +24,7 @@ import tensorflow.compat.v1 as tf
 from switch_mtf import compat
 from switch_mtf import errors
 from switch_mtf.train import model_dir
+from switch_mtf.train import pipelines
 from switch_mtf.moe import router_summaries
 from switch_mtf.errors import ConfigError
 
@@ -202,9 +203,10 @@ def train_dataset(task_name, sequence_length, batch_size, seed, split="train",
   """The batches training consumes, in order: T5's packed training examples
   of the task (shuffled and preprocessed with ``seed``), repeated, batched;
   the first ``skip`` batches left out (those a resumed run has seen)."""
-  dataset = mesh_transformer.mesh_train_dataset_fn(
-      mixture_or_task_name=task_name, sequence_length=sequence_length,
-      dataset_split=split, seed=seed)
+  dataset = pipelines.build(
+      task_name, lambda: mesh_transformer.mesh_train_dataset_fn(
+          mixture_or_task_name=task_name, sequence_length=sequence_length,
+          dataset_split=split, seed=seed))
   dataset = dataset.repeat().batch(batch_size, drop_remainder=True)
   if skip:
     dataset = dataset.skip(skip)
