@@ -273,7 +273,7 @@ done
 dd if=/dev/zero of={mount}/filler bs=1M > /dev/null 2>&1
 wait $pid
 echo "first exit $?"
-# The checkpoint's index and data (a .meta cut short by the full disk is
+# The checkpoint's index and data (a file cut short by the full disk is
 # a leftover that the next run removes).
 sha256sum {model_dir}/model.ckpt-2.index {model_dir}/model.ckpt-2.data-* \
     > {tmp_path}/before.sha

@@ -10,6 +10,7 @@ import subprocess
 import time
 
 import pytest
+import tensorflow as tf
 
 import helpers
 
@@ -45,6 +46,14 @@ def test_train_writes_checkpoints_and_config(trained):
   files = os.listdir(model_dir)
   assert "model.ckpt-6.index" in files and "model.ckpt-2.index" in files
   assert "operative_config.gin" in files
+  # No graph files beside the checkpoints (graph.pbtxt, model.ckpt-N.meta:
+  # seconds per start, 10 MB per checkpoint); TensorBoard's graph is in the
+  # events file.
+  assert not [f for f in files if f == "graph.pbtxt" or f.endswith(".meta")]
+  events = [f for f in files if f.startswith("events.out.tfevents")]
+  assert events and any(
+      event.graph_def for event in tf.compat.v1.train.summary_iterator(
+          os.path.join(model_dir, events[0])))
   with open(os.path.join(model_dir, "operative_config.gin")) as f:
     assert "SwitchFFN.num_experts = 8" in f.read()
   losses = helpers.losses(first.stdout)

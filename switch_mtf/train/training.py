@@ -279,11 +279,36 @@ def train(model, task_name, steps, split="train", seed=0,
                          router_every, out)
 
 
+def _without_graph_files(estimator):
+  """Mesh TF's checkpoint hook also writes the graph beside the checkpoints:
+  as text (graph.pbtxt: 17 MB for small/switch_8, several seconds of
+  pure-Python protobuf printing at every start) and as a MetaGraph next to
+  every checkpoint (model.ckpt-N.meta: 10.7 MB each, as much as the
+  weights).  Nothing reads them: restoring, evaluation, export and the
+  Hugging Face conversion rebuild the graph from the gin config.  The hook
+  has a switch for both (``save_graph_def``; it sits in Mesh TF's model
+  function, so we turn it off on the hook the model function returns).
+  TensorBoard's graph view is unaffected: the graph still goes to the
+  events file."""
+  model_fn = estimator._model_fn  # pylint: disable=protected-access
+
+  def model_fn_without_graph_files(features, labels, mode, config, params):
+    spec = model_fn(features, labels, mode, config, params)
+    for hook in (list(spec.training_hooks)
+                 + list(spec.training_chief_hooks)):
+      if isinstance(hook, tf.train.CheckpointSaverHook):
+        hook._save_graph_def = False  # pylint: disable=protected-access
+    return spec
+
+  estimator._model_fn = model_fn_without_graph_files  # pylint: disable=protected-access
+  return estimator
+
+
 def _train_locked(model, task_name, steps, split, seed, init_checkpoint,
                   seen_data_init_step, every, router_every, out):
   vocabulary = mesh_transformer.get_vocabulary(task_name)
-  estimator = compat.seed_estimator(
-      model.estimator(vocabulary, init_checkpoint), seed)
+  estimator = _without_graph_files(compat.seed_estimator(
+      model.estimator(vocabulary, init_checkpoint), seed))
   sequence_length = model._sequence_length  # pylint: disable=protected-access
   batch_size = model.batch_size
 
