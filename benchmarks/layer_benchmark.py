@@ -3,8 +3,9 @@
 One training step = forward, backward and an SGD update of the layer, for
 8192 tokens, d_model 512, d_ff 2048 (dense d_ff = each expert's d_ff, so the
 layers have equal FLOPs per token up to the capacity factor), capacity factor
-1.25, E = 8 and 32, group sizes 1024 and 256.  Variants, timed side by side
-in the same process:
+1.25; E = 8 and 32 at group sizes 256 and 1024, E = 64 and 128 at group
+1024, and a sweep of group sizes (128 to 2048) at E = 32.  Variants, timed
+side by side in the same process:
 
   dense            two dense layers with ReLU (the FLOP-matched baseline)
   upstream moe.py  mesh_tensorflow.transformer.moe, moe_gating="switch"
@@ -15,6 +16,7 @@ All on a 1-device mesh on this machine's CPU, float32, input jitter.  Writes a
 Markdown table and the raw numbers (JSON) to benchmarks/results/.
 
   .venv/bin/python benchmarks/layer_benchmark.py [--steps 5] [--quick]
+      [--configs 64:1024,128:1024] [--variants gather]
 """
 import argparse
 import json
@@ -34,6 +36,10 @@ from switch_mtf.train import mesh_program
 from switch_mtf.moe import routing
 
 TOKENS, D_MODEL, D_FF, CF = 8192, 512, 2048, 1.25
+# (experts, group size): the paper's two group sizes at E = 8 and 32, many
+# experts at group 1024, and group sizes at E = 32.
+DEFAULT_CONFIGS = [(8, 1024), (32, 1024), (8, 256), (32, 256), (64, 1024),
+                   (128, 1024), (32, 128), (32, 512), (32, 2048)]
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -98,9 +104,20 @@ def main():
                       help="timed steps per variant (after 2 warm-up steps)")
   parser.add_argument("--quick", action="store_true",
                       help="only E=8, group 1024")
+  parser.add_argument("--configs", default="",
+                      help="experts:group pairs, comma-separated (default: "
+                      "all of DEFAULT_CONFIGS)")
+  parser.add_argument("--variants", default="upstream,einsum,gather",
+                      help="which of upstream, einsum, gather to time")
+  parser.add_argument("--output", default=os.path.join(
+      RESULTS, "layer_benchmark"), help="results path, without .md/.json")
   args = parser.parse_args()
-  configs = [(8, 1024)] if args.quick else [(8, 1024), (32, 1024), (8, 256),
-                                            (32, 256)]
+  if args.configs:
+    configs = [tuple(int(v) for v in c.split(":"))
+               for c in args.configs.split(",")]
+  else:
+    configs = [(8, 1024)] if args.quick else DEFAULT_CONFIGS
+  variants = args.variants.split(",")
   rows = []
   for experts, group in configs:
     # Dense is timed again next to every configuration, so that slow drifts
@@ -112,18 +129,31 @@ def main():
         ("upstream", lambda x: _upstream(x, experts, group)),
         ("einsum", lambda x: _ours(x, experts, group, "einsum")),
         ("gather", lambda x: _ours(x, experts, group, "gather"))):
+      if name not in variants:
+        continue
       print("timing E=%d group=%d %s ..." % (experts, group, name), flush=True)
       row[name] = time_step(build, args.steps)
     rows.append(row)
-    dense = row["dense"]
-    print("  dense %.3fs  upstream %.2fx  einsum %.2fx  gather %.2fx" % (
-        dense, row["upstream"] / dense, row["einsum"] / dense,
-        row["gather"] / dense), flush=True)
+    print("  dense %.3fs  %s" % (row["dense"], "  ".join(
+        "%s %.2fx" % (v, row[v] / row["dense"]) for v in variants)),
+          flush=True)
   _write(rows, args)
 
 
+def _flags(args):
+  flags = ["--quick"] if args.quick else []
+  if args.steps != 8:
+    flags.append("--steps %d" % args.steps)
+  if args.configs:
+    flags.append("--configs " + args.configs)
+  if args.variants != "upstream,einsum,gather":
+    flags.append("--variants " + args.variants)
+  if os.path.abspath(args.output) != os.path.join(RESULTS, "layer_benchmark"):
+    flags.append("--output " + os.path.relpath(args.output, os.getcwd()))
+  return flags
+
+
 def _write(rows, args):
-  os.makedirs(RESULTS, exist_ok=True)
   machine = "%s, %d CPU cores, TensorFlow %s" % (
       platform.processor() or platform.machine(), os.cpu_count(),
       tf.__version__)
@@ -136,8 +166,8 @@ def _write(rows, args):
       "2 warm-up steps; the dense FFN is timed next to each configuration.  "
       "Machine: %s.  Command: `.venv/bin/python "
       "benchmarks/layer_benchmark.py%s`." % (
-          TOKENS, D_MODEL, D_FF, CF, args.steps, machine,
-          " --quick" if args.quick else ""),
+          TOKENS, D_MODEL, D_FF, CF, args.steps, machine, "".join(
+              " " + a for a in _flags(args))),
       "",
       "| experts | group | dense | upstream moe.py | switch_mtf einsum | "
       "switch_mtf gather |",
@@ -145,19 +175,19 @@ def _write(rows, args):
   ]
   for r in rows:
     d = r["dense"]
-    lines.append("| %d | %d | %.3f s | %.2f× (%.3f s) | %.2f× (%.3f s) | "
-                 "%.2f× (%.3f s) |" % (
-                     r["experts"], r["group"], d, r["upstream"] / d,
-                     r["upstream"], r["einsum"] / d, r["einsum"],
-                     r["gather"] / d, r["gather"]))
+    cells = ["%.2f× (%.3f s)" % (r[v] / d, r[v]) if v in r else "-"
+             for v in ("upstream", "einsum", "gather")]
+    lines.append("| %d | %d | %.3f s | %s |" % (
+        r["experts"], r["group"], d, " | ".join(cells)))
   lines += ["", "Ratios are step time / dense step time.  Computing every "
             "expert slot costs the capacity factor (1.25) times the dense "
             "FLOPs, plus the router; the gather path computes only the slots "
             "that hold a token (about 1.0 x dense FLOPs), plus the router and "
             "its gathers."]
-  with open(os.path.join(RESULTS, "layer_benchmark.md"), "w") as f:
+  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+  with open(args.output + ".md", "w") as f:
     f.write("\n".join(lines) + "\n")
-  with open(os.path.join(RESULTS, "layer_benchmark.json"), "w") as f:
+  with open(args.output + ".json", "w") as f:
     json.dump(dict(rows=rows, machine=machine,
                    steps=args.steps), f, indent=1)
   print("\n".join(lines))
