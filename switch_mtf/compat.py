@@ -97,7 +97,14 @@ Patches:
      wrapped: the errors ``errors.user_error`` knows end the program with
      the one line and exit status ``switch-mtf`` gives (``SystemExit``,
      which absl passes on); ``SWITCH_MTF_DEBUG=1`` keeps the traceback.
+  17. seqio's ``map_seed_manager`` (entered by ``Task.get_dataset``) puts
+     the module's next preprocessor seed back only when its block ends
+     without an exception (no try/finally), so a pipeline build that raised
+     left the seeds of later seeded preprocessors shifted.
+     ``seqio_map_seed_kept()`` restores it around a build that may raise
+     (``train.pipelines``' first try without autograph).
 """
+import contextlib
 import importlib.abc
 import importlib.util
 import os
@@ -246,6 +253,19 @@ def lowered_scalars(graph):
   """{tag: tf scalar} of the Mesh TF scalar summaries lowered in ``graph``
   on a placement mesh (the loss and router health in training)."""
   return dict(_SCALARS.get(graph, {}))
+
+
+@contextlib.contextmanager
+def seqio_map_seed_kept():
+  """seqio's next preprocessor seed as it was before the block, also when
+  the block raises (see 17)."""
+  from seqio import utils as seqio_utils  # pylint: disable=g-import-not-at-top
+  kept = seqio_utils._NEXT_MAP_SEED  # pylint: disable=protected-access
+  try:
+    yield
+  except BaseException:
+    seqio_utils._NEXT_MAP_SEED = kept  # pylint: disable=protected-access
+    raise
 
 
 def seed_estimator(estimator, seed):

@@ -55,15 +55,53 @@ def test_tensor_control_flow_is_built_with_autograph():
   assert "needs_autograph_probe" in pipelines._NEED_AUTOGRAPH
 
 
-def test_embedded_training_batches_are_those_autograph_builds():
-  embedded.register()
-  name, lengths = embedded.SPAN_CORRUPTION, {"inputs": 128, "targets": 32}
-  ours = _arrays(training.train_dataset(name, lengths, 4, seed=3), 12)
+def test_other_errors_are_raised_at_once():
+  calls = []
+
+  def broken():
+    calls.append(1)
+    raise ValueError("no such file")
+
+  with pytest.raises(ValueError, match="no such file"):
+    pipelines.build("broken_probe", broken)
+  assert len(calls) == 1 and "broken_probe" not in pipelines._NEED_AUTOGRAPH
+
+
+def test_seqio_preprocessor_seeds_survive_the_retry():
+  before = seqio.utils._NEXT_MAP_SEED
+
+  def build():
+    # As Task.get_dataset does: seeds for its preprocessors.
+    with seqio.utils.map_seed_manager(100):
+      return tf.data.Dataset.range(3).map(
+          lambda x: x * 10 if x > 1 else x)   # needs autograph
+
+  dataset = pipelines.build("seeded_probe", build)
+  assert list(dataset.as_numpy_iterator()) == [0, 1, 20]
+  assert "seeded_probe" in pipelines._NEED_AUTOGRAPH
+  assert seqio.utils._NEXT_MAP_SEED == before
+
+
+def _embedded_batches(lengths, count):
+  name = embedded.SPAN_CORRUPTION
+  ours = _arrays(training.train_dataset(name, lengths, 4, seed=3), count)
   assert name not in pipelines._NEED_AUTOGRAPH
   theirs = mesh_transformer.mesh_train_dataset_fn(
       mixture_or_task_name=name, sequence_length=lengths,
       dataset_split="train", seed=3)
-  theirs = _arrays(theirs.repeat().batch(4, drop_remainder=True), 12)
+  theirs = _arrays(theirs.repeat().batch(4, drop_remainder=True), count)
+  return ours, theirs
+
+
+def test_embedded_training_batches_are_those_autograph_builds():
+  embedded.register()
+  _assert_same(*_embedded_batches({"inputs": 128, "targets": 32}, 12))
+
+
+def test_the_same_in_a_graph_as_the_cli_builds_them():
+  embedded.register()
+  with tf.Graph().as_default():
+    ours, theirs = _embedded_batches({"inputs": 64, "targets": 16}, 6)
   _assert_same(ours, theirs)
 
 
@@ -82,5 +120,6 @@ def test_t5_preprocessors_give_what_autograph_gives(name):
 
   with tfds.testing.mock_data(num_examples=4):
     ours = _arrays(pipelines.build(name, build), 4)
+    assert name not in pipelines._NEED_AUTOGRAPH   # really built without
     theirs = _arrays(build(), 4)
   _assert_same(ours, theirs)

@@ -1,22 +1,23 @@
 """training.ProgressHook: printed steps, the window's mean loss, and one set
 of fetches for every step (a new set makes TensorFlow optimize and build the
-whole training step again)."""
+whole training step again), per-expert loads only on printed steps."""
 import tensorflow.compat.v1 as tf
 
 from switch_mtf import compat
 from switch_mtf.train import training
 
+LAYER = "encoder/block_001/layer_001/SwitchFFN"
 
-ROUTER_TAG = "encoder/block_001/layer_001/SwitchFFN/router/fraction_dropped"
 
-
-def test_progress_lines_and_the_same_fetches_every_step(monkeypatch):
+def _train(monkeypatch, router_scalars):
+  """25 steps under a ProgressHook (print every 10, router every 20);
+  returns (hook, printed lines, the fetches of each step)."""
   lines, fetches = [], []
   with tf.Graph().as_default():
-    # A router scalar as the Switch layers' lowering registers them.
-    dropped = tf.constant(0.125)
-    monkeypatch.setattr(compat, "lowered_scalars",
-                        lambda graph: {ROUTER_TAG: dropped})
+    # Router scalars as the Switch layers' lowering registers them.
+    scalars = {tag: tf.constant(value)
+               for tag, value in router_scalars.items()}
+    monkeypatch.setattr(compat, "lowered_scalars", lambda graph: scalars)
     step = tf.train.get_or_create_global_step()
     losses = tf.constant([float(i) for i in range(30)])
     # The loss of step s (1-based) is s - 1: read before the increment.
@@ -30,7 +31,7 @@ def test_progress_lines_and_the_same_fetches_every_step(monkeypatch):
 
     def recording_before_run(run_context):
       args = before_run(run_context)
-      fetches.append(args.fetches)
+      fetches.append(sorted(args.fetches))
       return args
 
     hook.before_run = recording_before_run
@@ -38,14 +39,34 @@ def test_progress_lines_and_the_same_fetches_every_step(monkeypatch):
         hook, tf.train.StopAtStepHook(last_step=25)]) as session:
       while not session.should_stop():
         session.run(train_op)
+  return hook, lines, fetches
+
+
+def test_progress_lines_and_the_same_fetches_every_step(monkeypatch):
+  dropped = LAYER + "/router/fraction_dropped"
+  hook, lines, fetches = _train(monkeypatch, {dropped: 0.125})
   assert len(fetches) == 25 and all(f == fetches[0] for f in fetches)
-  assert sorted(fetches[0]) == sorted([ROUTER_TAG, "loss"])
+  assert fetches[0] == sorted([dropped, "loss"])
   assert [h["step"] for h in hook.history] == [10, 20, 25]
   # Mean over each printed window: steps 1-10 have losses 0..9.
   assert [h["mean_loss"] for h in hook.history] == [4.5, 14.5, 22.0]
   assert [h["loss"] for h in hook.history] == [9.0, 19.0, 24.0]
-  assert lines[0].startswith("step 10/25  loss 9.0000")
   assert [h["fraction_dropped"] for h in hook.history] == [0.125] * 3
+  assert lines[0].startswith("step 10/25  loss 9.0000")
   # Router health on steps 20 and 25 (the last).
   assert sum("dropped 12.50%" in line for line in lines) == 2, lines
   assert lines[-1].startswith("trained steps 1-25")
+
+
+def test_per_expert_loads_are_fetched_on_printed_steps_only(monkeypatch):
+  dropped = LAYER + "/router/fraction_dropped"
+  loads = [LAYER + "/router/expert_load_%02d" % i for i in range(2)]
+  hook, _, fetches = _train(monkeypatch, {dropped: 0.25, loads[0]: 0.75,
+                                          loads[1]: 0.25})
+  printed = [s for s, f in enumerate(fetches, 1) if loads[0] in f]
+  assert printed == [10, 20, 25]
+  assert all(f == sorted([dropped, "loss"])
+             for s, f in enumerate(fetches, 1) if s not in printed)
+  assert hook.history[-1]["router"][LAYER] == {
+      "fraction_dropped": 0.25, "expert_load_00": 0.75,
+      "expert_load_01": 0.25}

@@ -51,9 +51,9 @@ def test_train_writes_checkpoints_and_config(trained):
   # events file.
   assert not [f for f in files if f == "graph.pbtxt" or f.endswith(".meta")]
   events = [f for f in files if f.startswith("events.out.tfevents")]
-  assert events and any(
-      event.graph_def for event in tf.compat.v1.train.summary_iterator(
-          os.path.join(model_dir, events[0])))
+  assert any(event.graph_def for name in events
+             for event in tf.compat.v1.train.summary_iterator(
+                 os.path.join(model_dir, name)))
   with open(os.path.join(model_dir, "operative_config.gin")) as f:
     assert "SwitchFFN.num_experts = 8" in f.read()
   losses = helpers.losses(first.stdout)

@@ -52,6 +52,11 @@ def write(metrics, per_expert=False):
       mtf.scalar_summary(_PREFIX + name, value)
 
 
+def is_per_expert(tag):
+  """Whether ``tag`` is one expert's load (``write(..., per_expert=True)``)."""
+  return tag.rpartition(_SEPARATOR)[2].startswith("expert_load_")
+
+
 def by_layer(scalars):
   """``{".../SwitchFFN/router/<metric>": value, "loss": ...}`` ->
   ``{".../SwitchFFN": {metric: value}}`` (other tags are left out)."""
