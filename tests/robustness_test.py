@@ -270,7 +270,11 @@ pid=$!
 while [ ! -e {model_dir}/model.ckpt-2.index ] && kill -0 $pid 2>/dev/null; do
   sleep 0.1
 done
+# The run is paused while the disk fills (its saves are fast enough to
+# write several more checkpoints during dd), so that its next save fails.
+kill -STOP $pid
 dd if=/dev/zero of={mount}/filler bs=1M > /dev/null 2>&1
+kill -CONT $pid
 wait $pid
 echo "first exit $?"
 # The checkpoint's index and data (a file cut short by the full disk is
