@@ -108,7 +108,7 @@ def main():
   parser.add_argument("--configs", default="",
                       help="experts:group pairs, comma-separated (default: "
                       "all of DEFAULT_CONFIGS)")
-  parser.add_argument("--variants", default="upstream,einsum,gather",
+  parser.add_argument("--variants", default=",".join(VARIANTS),
                       help="which of upstream, einsum, gather to time")
   parser.add_argument("--output", default=os.path.join(
       RESULTS, "layer_benchmark"), help="results path, without .md/.json")
@@ -151,7 +151,7 @@ def _flags(args):
     flags.append("--steps %d" % args.steps)
   if args.configs:
     flags.append("--configs " + args.configs)
-  if args.variants != "upstream,einsum,gather":
+  if args.variants != ",".join(VARIANTS):
     flags.append("--variants " + args.variants)
   if os.path.abspath(args.output) != os.path.join(RESULTS, "layer_benchmark"):
     flags.append("--output " + os.path.relpath(args.output, os.getcwd()))
@@ -181,7 +181,7 @@ def _write(rows, args):
   for r in rows:
     d = r["dense"]
     cells = ["%.2f× (%.3f s)" % (r[v] / d, r[v]) if v in r else "-"
-             for v in ("upstream", "einsum", "gather")]
+             for v in VARIANTS]
     lines.append("| %d | %d | %.3f s | %s |" % (
         r["experts"], r["group"], d, " | ".join(cells)))
   lines += ["", "Ratios are step time / dense step time.  Computing every "

@@ -19,8 +19,8 @@ TypeError is built again the usual way.  What differs: ``print`` of a tensor
 in a map function prints the symbolic tensor once, not every element; and
 after such a retry, the ops of the failed try stay in a TF1 graph (unused;
 a training run's first build of a task is its emptiness check, outside the
-Estimator's graph) and unseeded random ops created later in that graph get other op
-seeds than without the retry.  seqio's preprocessor seeds are put back
+Estimator's graph) and unseeded random ops created later in that graph get
+other op seeds than without the retry.  seqio's preprocessor seeds are put back
 (``compat.seqio_map_seed_kept``).
 
 Plain Python, no gin: callers pass the function that builds the dataset.

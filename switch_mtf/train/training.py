@@ -148,10 +148,12 @@ class ProgressHook(tf.train.SessionRunHook):
 
   def before_run(self, run_context):
     del run_context
-    step = self._step + 1
-    printed = not step % self._every or step == self._last_step
-    fetches = self._scalars if printed else self._every_step
+    fetches = (self._scalars if self._printed(self._step + 1)
+               else self._every_step)
     return tf.train.SessionRunArgs(fetches) if fetches else None
+
+  def _printed(self, step):
+    return not step % self._every or step == self._last_step
 
   def after_run(self, run_context, run_values):
     del run_context
@@ -159,8 +161,7 @@ class ProgressHook(tf.train.SessionRunHook):
     results = run_values.results or {}
     if "loss" in results:
       self._window_losses.append(float(results["loss"]))
-    step = self._step
-    if step % self._every and step != self._last_step:
+    if not self._printed(self._step):
       return
     values = {k: float(v) for k, v in results.items()}
     mean_loss = (sum(self._window_losses) / len(self._window_losses)
