@@ -8,6 +8,7 @@ import tensorflow.compat.v1 as tf
 from switch_mtf import config
 from switch_mtf.train import evaluation
 from switch_mtf.train import run
+from switch_mtf.train import session_config
 from switch_mtf.tasks import embedded
 
 LENGTHS = {"inputs": 64, "targets": 16}
@@ -74,6 +75,8 @@ def test_scores_repeat_and_agree_with_upstream_scoring(task, trained):
       "batch:batch,experts:batch")
   path = tf.train.latest_checkpoint(model._model_dir)  # pylint: disable=protected-access
   ours = scorer.scores(path, examples)
+  # (with the CPU session options: no grappler pass that changes nothing)
+  assert scorer._session._config == session_config.for_cpu()  # pylint: disable=protected-access
   assert float(np.sum(ours, dtype=np.float64)) / tokens == value
   # Upstream Mesh TF's scoring (Estimator, predict mode) on the same
   # examples: per example, the same log-likelihoods.

@@ -1,6 +1,8 @@
 """training.ProgressHook: printed steps, the window's mean loss, and one set
 of fetches for every step (a new set makes TensorFlow optimize and build the
 whole training step again), per-expert loads only on printed steps."""
+import os
+
 import tensorflow.compat.v1 as tf
 
 from switch_mtf import compat
@@ -70,3 +72,62 @@ def test_per_expert_loads_are_fetched_on_printed_steps_only(monkeypatch):
   assert hook.history[-1]["router"][LAYER] == {
       "fraction_dropped": 0.25, "expert_load_00": 0.75,
       "expert_load_01": 0.25}
+
+
+def _names(fetches):
+  """Names of the tensors and ops in a nest of dicts, lists and tuples."""
+  if isinstance(fetches, dict):
+    return set().union(*map(_names, fetches.values()))
+  if isinstance(fetches, (list, tuple)):
+    return set().union(*map(_names, fetches))
+  return {fetches.name} if hasattr(fetches, "name") else set()
+
+
+def test_summary_steps_fetch_what_every_step_fetches(monkeypatch, tmp_path):
+  """With the Estimator's summary hook (summaries at step 1, then every 10),
+  the session still gets one set of fetches at every step: the step's graph
+  is optimized and built once."""
+  fetched = []
+  run = tf.Session.run
+
+  def recording_run(self, fetches, *args, **kwargs):
+    fetched.append(_names(fetches))
+    return run(self, fetches, *args, **kwargs)
+
+  monkeypatch.setattr(tf.Session, "run", recording_run)
+  with tf.Graph().as_default():
+    dropped = tf.constant(0.5)
+    monkeypatch.setattr(compat, "lowered_scalars",
+                        lambda graph: {LAYER + "/router/fraction_dropped":
+                                       dropped})
+    step = tf.train.get_or_create_global_step()
+    loss = tf.cast(step, tf.float32)
+    tf.add_to_collection(tf.GraphKeys.LOSSES, loss)
+    tf.summary.scalar("loss", loss)
+    with tf.control_dependencies([loss]):
+      train_op = tf.assign_add(step, 1)
+    hook = training.ProgressHook(25, 100, every=10, router_every=0,
+                                 out=lambda line: None)
+    # As the Estimator: its summary hook and the session share a Scaffold,
+    # whose summary op the session's start makes (merge_all).
+    scaffold = tf.train.Scaffold()
+    summaries = tf.train.SummarySaverHook(save_steps=10,
+                                          output_dir=str(tmp_path),
+                                          scaffold=scaffold)
+    with tf.train.MonitoredSession(
+        session_creator=tf.train.ChiefSessionCreator(scaffold=scaffold),
+        hooks=[hook, summaries,
+               tf.train.StopAtStepHook(last_step=25)]) as session:
+      while not session.should_stop():
+        session.run(train_op)
+      summary_op = scaffold.summary_op
+  steps = [names for names in fetched if train_op.name in names]
+  assert len(steps) == 25
+  assert all(names == steps[0] for names in steps), [
+      sorted(names ^ steps[0]) for names in steps]
+  assert summary_op.name in steps[0]
+  # The summary hook still wrote its steps' summaries (1, 11, 21).
+  written = [event.step for name in os.listdir(tmp_path)
+             for event in tf.train.summary_iterator(str(tmp_path / name))
+             if event.summary.value]
+  assert written == [1, 11, 21]

@@ -48,12 +48,16 @@ def test_train_writes_checkpoints_and_config(trained):
   assert "operative_config.gin" in files
   # No graph files beside the checkpoints (graph.pbtxt, model.ckpt-N.meta:
   # seconds per start, 10 MB per checkpoint); TensorBoard's graph is in the
-  # events file.
+  # events file, once (upstream wrote it twice and two MetaGraphs), and the
+  # scalar summaries of step 1 are there too.
   assert not [f for f in files if f == "graph.pbtxt" or f.endswith(".meta")]
-  events = [f for f in files if f.startswith("events.out.tfevents")]
-  assert any(event.graph_def for name in events
-             for event in tf.compat.v1.train.summary_iterator(
-                 os.path.join(model_dir, name)))
+  events = [event for name in files if name.startswith("events.out.tfevents")
+            for event in tf.compat.v1.train.summary_iterator(
+                os.path.join(model_dir, name))]
+  assert sum(bool(event.graph_def) for event in events) == 1
+  assert not any(event.meta_graph_def for event in events)
+  assert {"loss"} <= {value.tag for event in events if event.step == 1
+                      for value in event.summary.value}
   with open(os.path.join(model_dir, "operative_config.gin")) as f:
     assert "SwitchFFN.num_experts = 8" in f.read()
   losses = helpers.losses(first.stdout)

@@ -34,6 +34,7 @@ import tensorflow.compat.v1 as tf
 
 from switch_mtf.train import model_dir
 from switch_mtf.train import pipelines
+from switch_mtf.train import session_config
 from switch_mtf.moe import models
 from switch_mtf.errors import ConfigError
 
@@ -188,7 +189,8 @@ class Scorer(object):
       # On a cluster, this session's variables stay its own (workers
       # outlive it and serve later runs).
       self._session = tf.Session(master, graph=self._graph, config=(
-          tf.ConfigProto(isolate_session_state=True) if master else None))
+          session_config.for_cpu(tf.ConfigProto(isolate_session_state=True)
+                                 if master else None)))
       self._session.run(init)
     self._restored = None
 

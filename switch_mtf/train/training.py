@@ -20,11 +20,13 @@ import time
 
 from t5.models import mesh_transformer
 import tensorflow.compat.v1 as tf
+from tensorflow.python.summary.writer import writer_cache
 
 from switch_mtf import compat
 from switch_mtf import errors
 from switch_mtf.train import model_dir
 from switch_mtf.train import pipelines
+from switch_mtf.train import session_config
 from switch_mtf.moe import router_summaries
 from switch_mtf.errors import ConfigError
 
@@ -104,6 +106,10 @@ class OneSessionHook(tf.train.SessionRunHook):
           "resumes from the last good checkpoint, with the right data", 1)
 
 
+# ProgressHook's fetch of the merged summaries (results unused).
+SUMMARIES = "_summaries"
+
+
 class ProgressHook(tf.train.SessionRunHook):
   """Prints progress every ``every`` steps and router health every
   ``router_every`` steps, from the lowered scalar summaries (placement mesh;
@@ -140,6 +146,14 @@ class ProgressHook(tf.train.SessionRunHook):
 
   def after_create_session(self, session, coord):
     del coord
+    # The Estimator's summary hook fetches the merged summaries every
+    # save_summary_steps, starting with step 1: fetching them at every step
+    # (a few scalars, mostly the ones above) keeps that step's fetches the
+    # same as every other's, so the step is optimized and built once, not
+    # twice.  The graph is final here, with the Scaffold's summary op.
+    summaries = tf.get_collection(tf.GraphKeys.SUMMARY_OP)
+    if summaries and self._scalars:   # placement mesh (not TPU)
+      self._every_step[SUMMARIES] = summaries
     self._step = int(session.run(self._global_step))
     self._start_step = self._step
     self._time = self._start_time = time.time()
@@ -148,8 +162,8 @@ class ProgressHook(tf.train.SessionRunHook):
 
   def before_run(self, run_context):
     del run_context
-    fetches = (self._scalars if self._printed(self._step + 1)
-               else self._every_step)
+    fetches = (dict(self._every_step, **self._scalars)
+               if self._printed(self._step + 1) else self._every_step)
     return tf.train.SessionRunArgs(fetches) if fetches else None
 
   def _printed(self, step):
@@ -158,7 +172,8 @@ class ProgressHook(tf.train.SessionRunHook):
   def after_run(self, run_context, run_values):
     del run_context
     self._step += 1
-    results = run_values.results or {}
+    results = dict(run_values.results or {})
+    results.pop(SUMMARIES, None)
     if "loss" in results:
       self._window_losses.append(float(results["loss"]))
     if not self._printed(self._step):
@@ -285,36 +300,70 @@ def train(model, task_name, steps, split="train", seed=0,
                          router_every, out)
 
 
-def _without_graph_files(estimator):
-  """Mesh TF's checkpoint hook also writes the graph beside the checkpoints:
-  as text (graph.pbtxt: 17 MB for small/switch_8, several seconds of
+def _graph_written_once(estimator):
+  """Mesh TF's checkpoint hook writes the graph beside the checkpoints as
+  text (graph.pbtxt: 17 MB for small/switch_8, several seconds of
   pure-Python protobuf printing at every start) and as a MetaGraph next to
   every checkpoint (model.ckpt-N.meta: 10.7 MB each, as much as the
-  weights).  Nothing reads them: restoring, evaluation, export and the
-  Hugging Face conversion rebuild the graph from the gin config.  The hook
-  has a switch for both (``save_graph_def``; it sits in Mesh TF's model
-  function, so we turn it off on the hook the model function returns).
-  TensorBoard's graph view is unaffected: the graph still goes to the
-  events file."""
+  weights); into the events file it writes the graph and a MetaGraph again
+  after the summary writer has written both (4 copies of the graph, 42 MB
+  of events for a run of small/switch_8, a second of serializing at every
+  start).  Nothing reads them: restoring, evaluation, export and the
+  Hugging Face conversion rebuild the graph from the gin config.  Here the
+  model dir's summary writer is made without a graph, and the checkpoint
+  hook adds the graph to it once, when the session starts (the final
+  graph: TensorBoard's graph view), and saves the first checkpoint as it
+  did.  (The hook's ``save_graph_def`` switch turns off only the files;
+  the hook sits in Mesh TF's model function, so we change the hook the
+  model function returns.)"""
   model_fn = estimator._model_fn  # pylint: disable=protected-access
 
-  def model_fn_without_graph_files(features, labels, mode, config, params):
+  def model_fn_writing_the_graph_once(features, labels, mode, config, params):
     spec = model_fn(features, labels, mode, config, params)
     for hook in (list(spec.training_hooks)
                  + list(spec.training_chief_hooks)):
       if isinstance(hook, tf.train.CheckpointSaverHook):
         hook._save_graph_def = False  # pylint: disable=protected-access
+        _add_graph_once(hook)
     return spec
 
-  estimator._model_fn = model_fn_without_graph_files  # pylint: disable=protected-access
+  estimator._model_fn = model_fn_writing_the_graph_once  # pylint: disable=protected-access
+  return estimator
+
+
+def _add_graph_once(hook):
+  # pylint: disable=protected-access
+  directory = hook._checkpoint_dir
+  with writer_cache.FileWriterCache._lock:
+    writers = writer_cache.FileWriterCache._cache
+    if directory not in writers:   # else an earlier run's writer
+      writers[directory] = tf.summary.FileWriter(directory)
+
+  def after_create_session(session, coord):
+    del coord   # as the hook's own method, without the graph's copies
+    global_step = session.run(hook._global_step_tensor)
+    hook._summary_writer.add_graph(tf.get_default_graph())
+    hook._save(session, global_step)
+    hook._timer.update_last_triggered_step(global_step)
+
+  hook.after_create_session = after_create_session
+  # pylint: enable=protected-access
+
+
+def training_estimator(model, task_name, seed, init_checkpoint=None):
+  """MtfModel's upstream Estimator, seeded, writing the graph once, with the
+  session options for CPU (``session_config``)."""
+  estimator = _graph_written_once(compat.seed_estimator(
+      model.estimator(mesh_transformer.get_vocabulary(task_name),
+                      init_checkpoint), seed))
+  estimator._session_config = session_config.for_cpu(  # pylint: disable=protected-access
+      estimator._session_config)  # pylint: disable=protected-access
   return estimator
 
 
 def _train_locked(model, task_name, steps, split, seed, init_checkpoint,
                   seen_data_init_step, every, router_every, out):
-  vocabulary = mesh_transformer.get_vocabulary(task_name)
-  estimator = _without_graph_files(compat.seed_estimator(
-      model.estimator(vocabulary, init_checkpoint), seed))
+  estimator = training_estimator(model, task_name, seed, init_checkpoint)
   sequence_length = model._sequence_length  # pylint: disable=protected-access
   batch_size = model.batch_size
 
