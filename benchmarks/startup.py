@@ -2,11 +2,12 @@
 
   .venv/bin/python benchmarks/startup.py [--repeats 3] [--checkout DIR]
 
-Three wall times, each the median of ``--repeats`` fresh processes:
+Wall times, each the median of ``--repeats`` fresh processes:
 ``switch-mtf --help``, ``switch-mtf info`` on a Table 9 preset
 (``models/switch_base_128``), and the time from ``switch-mtf train`` of
-``models/small/switch_8`` on ``layouts/cpu_ep_2`` to its first progress
-line (``step 1/``).  ``--checkout`` measures another checkout of the
+``models/small/switch_8`` on ``layouts/cpu_ep_2`` to its progress lines of
+steps 1 and 2 (``--log_every=1``; a second step whose fetches differed from
+the first's would optimize the graph again).  ``--checkout`` measures another checkout of the
 project (for example a clone of an older commit) with this environment's
 Python.  Writes ``benchmarks/results/startup.{md,json}`` (or
 ``startup_<label>`` with ``--label``).
@@ -40,8 +41,8 @@ def _wall(checkout, *args):
   return time.time() - started
 
 
-def _to_first_step(checkout):
-  """Seconds from the command to its first progress line."""
+def _to_steps(checkout):
+  """{step: seconds from the command to its progress line} for steps 1, 2."""
   with tempfile.TemporaryDirectory() as model_dir:
     command, env = _command(
         checkout, "train", "--gin_file=models/small/switch_8",
@@ -51,12 +52,13 @@ def _to_first_step(checkout):
     process = subprocess.Popen(command, env=env, cwd=checkout,
                                stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, text=True)
-    seconds = None
+    seconds = {}
     for line in process.stdout:
-      if seconds is None and line.startswith("step 1/"):
-        seconds = time.time() - started
-    if process.wait() or seconds is None:
-      raise RuntimeError("train did not print its first step")
+      for step in (1, 2):
+        if line.startswith("step %d/" % step):
+          seconds[step] = time.time() - started
+    if process.wait() or len(seconds) != 2:
+      raise RuntimeError("train did not print its steps 1 and 2")
     return seconds
 
 
@@ -71,14 +73,16 @@ def main():
       "--help": lambda: _wall(checkout, "--help"),
       "info models/switch_base_128": lambda: _wall(
           checkout, "info", "--gin_file=models/switch_base_128"),
-      "train small/switch_8 cpu_ep_2 to step 1": lambda: _to_first_step(
-          checkout),
   }
+  train = "train small/switch_8 cpu_ep_2 to step %d"
+  times = {name: [measure() for _ in range(args.repeats)]
+           for name, measure in measures.items()}
+  runs = [_to_steps(checkout) for _ in range(args.repeats)]
+  times.update({train % step: [run[step] for run in runs] for step in (1, 2)})
   results = {}
-  for name, measure in measures.items():
-    times = [measure() for _ in range(args.repeats)]
-    results[name] = dict(median_s=round(statistics.median(times), 2),
-                         all_s=[round(t, 2) for t in times])
+  for name, values in times.items():
+    results[name] = dict(median_s=round(statistics.median(values), 2),
+                         all_s=[round(t, 2) for t in values])
     print("%s: %.2f s (median of %s)" % (name, results[name]["median_s"],
                                          results[name]["all_s"]))
   commit = subprocess.run(["git", "-C", checkout, "rev-parse", "--short",
