@@ -15,8 +15,13 @@ side in the same process:
 All on a 1-device mesh on this machine's CPU, float32, input jitter.  Writes a
 Markdown table and the raw numbers (JSON) to benchmarks/results/.
 
+``--breakdown`` times instead the gather path's forward pass, forward and
+backward, and whole step against dense's, and a step of the experts' kernels
+alone with one token per expert: the work per parameter that no routing can
+save (results/layer_benchmark_breakdown.md).
+
   .venv/bin/python benchmarks/layer_benchmark.py [--steps 5] [--quick]
-      [--configs 64:1024,128:1024] [--variants gather]
+      [--configs 64:1024,128:1024] [--variants gather] [--breakdown]
 """
 import argparse
 import json
@@ -74,8 +79,15 @@ def _ours(x, experts, group, dispatch):
   return y, result.loss
 
 
-def time_step(build, steps, length=1024):
-  """Median seconds of one training step of the layer ``build`` makes."""
+PARTS = ("forward", "backward", "step")
+
+
+def time_step(build, steps, length=1024, part="step"):
+  """Median seconds of one training step of the layer ``build`` makes.
+
+  ``part``: "step" (forward, backward, SGD update), "backward" (forward
+  and the gradients, summed into a scalar instead of applied) or "forward"
+  (the loss only)."""
   batch = TOKENS // length
   dims = [mtf.Dimension("batch", batch), mtf.Dimension("length", length),
           mtf.Dimension("d_model", D_MODEL)]
@@ -90,13 +102,49 @@ def time_step(build, steps, length=1024):
     if aux is not None:
       loss += aux
     variables = p.graph.trainable_variables
-    grads = mtf.gradients([loss], [v.outputs[0] for v in variables])
-    updates = mtf.optimize.SgdOptimizer(0.01).apply_grads(grads, variables)
+    # What runs each step: the fetches are read only after the last one.
+    sink = mtf.get_variable(x.mesh, "sink", mtf.Shape([]), trainable=False)
+    if part == "forward":
+      updates = [mtf.assign(sink, loss)]
+    else:
+      grads = mtf.gradients([loss], [v.outputs[0] for v in variables])
+      if part == "backward":
+        updates = [mtf.assign(sink, mtf.add_n(
+            [mtf.reduce_sum(g) for g in grads]))]
+      else:
+        updates = mtf.optimize.SgdOptimizer(0.01).apply_grads(grads,
+                                                              variables)
     stamps = []
     p.run({"loss": loss}, extra_ops=updates, steps=steps + 2,
           on_step=lambda step, out: stamps.append(time.perf_counter()))
   durations = np.diff(stamps)[1:]  # the first two steps warm up
   return statistics.median(durations)
+
+
+def parameter_floor(experts, steps):
+  """Median seconds of a training step of the experts' kernels alone with
+  one token per expert: the matmuls' FLOPs are nil, what is left is the
+  work every step does per parameter whatever the tokens (reading the
+  kernels forward and backward, writing their gradients, the SGD update
+  as Mesh TF lowers it: a multiply and an assign_sub)."""
+  graph = tf.Graph()
+  rng = np.random.RandomState(0)
+  with graph.as_default():
+    x = tf.constant(rng.randn(experts, 1, D_MODEL).astype(np.float32))
+    wi = tf.Variable(tf.random.normal([experts, D_MODEL, D_FF], seed=0))
+    wo = tf.Variable(tf.random.normal([experts, D_FF, D_MODEL], seed=1))
+    y = tf.matmul(tf.nn.relu(tf.matmul(x, wi)), wo)
+    grads = tf.gradients(tf.reduce_sum(y * x), [wi, wo])
+    step = tf.group(*[tf.assign_sub(w, g * 0.01)
+                      for w, g in zip([wi, wo], grads)])
+    with tf.Session(graph=graph) as session:
+      session.run(tf.global_variables_initializer())
+      durations = []
+      for _ in range(steps + 2):
+        started = time.perf_counter()
+        session.run(step)
+        durations.append(time.perf_counter() - started)
+  return statistics.median(durations[2:])
 
 
 def main():
@@ -110,9 +158,14 @@ def main():
                       "all of DEFAULT_CONFIGS)")
   parser.add_argument("--variants", default=",".join(VARIANTS),
                       help="which of upstream, einsum, gather to time")
-  parser.add_argument("--output", default=os.path.join(
-      RESULTS, "layer_benchmark"), help="results path, without .md/.json")
+  parser.add_argument("--breakdown", action="store_true",
+                      help="instead: the gather path's forward, backward "
+                      "and update against dense's, and the per-parameter "
+                      "floor (default output layer_benchmark_breakdown)")
+  parser.add_argument("--output", default=None,
+                      help="results path, without .md/.json")
   args = parser.parse_args()
+  args.output = args.output or os.path.join(RESULTS, _default_name(args))
   if args.configs:
     configs = [tuple(int(v) for v in c.split(":"))
                for c in args.configs.split(",")]
@@ -123,6 +176,9 @@ def main():
   if unknown:
     parser.error("--variants: unknown %s (known: %s)" % (
         ", ".join(unknown), ", ".join(VARIANTS)))
+  if args.breakdown:
+    _breakdown(configs, args)
+    return
   rows = []
   for experts, group in configs:
     # Dense is timed again next to every configuration, so that slow drifts
@@ -145,25 +201,61 @@ def main():
   _write(rows, args)
 
 
-def _flags(args):
-  flags = ["--quick"] if args.quick else []
-  if args.steps != 8:
-    flags.append("--steps %d" % args.steps)
-  if args.configs:
-    flags.append("--configs " + args.configs)
-  if args.variants != ",".join(VARIANTS):
-    flags.append("--variants " + args.variants)
-  if os.path.abspath(args.output) != os.path.join(RESULTS, "layer_benchmark"):
-    flags.append("--output " + os.path.relpath(args.output, os.getcwd()))
-  return flags
+def _default_name(args):
+  return "layer_benchmark" + ("_breakdown" if args.breakdown else "")
 
 
-def _write(rows, args):
-  machine = "%s, %d CPU cores, TensorFlow %s" % (
+def _breakdown(configs, args):
+  """Where the gather path's step time goes, against dense's: forward,
+  backward and update timed cumulatively, and the per-parameter floor."""
+  rows = []
+  for experts, group in configs:
+    row = dict(experts=experts, group=group)
+    for part in PARTS:
+      print("timing E=%d group=%d %s ..." % (experts, group, part),
+            flush=True)
+      row["dense_" + part] = time_step(_dense, args.steps, part=part)
+      row["gather_" + part] = time_step(
+          lambda x: _ours(x, experts, group, "gather"), args.steps, part=part)
+    row["floor"] = parameter_floor(experts, args.steps)
+    rows.append(row)
+  lines = _header(args, "where the time of one training step goes") + [
+      "Times are cumulative: the forward pass (the loss), forward and "
+      "backward (the gradients, summed into a scalar instead of applied), "
+      "the whole step (with the SGD update).  Parameter floor: a step of "
+      "the experts' kernels alone with one token per expert (no FLOPs to "
+      "speak of; reading the kernels forward and backward, writing their "
+      "gradients, the update); the dense layer's is nil.  Bound: (dense "
+      "step + floor) / dense step, the least step ratio that anything built "
+      "from these kernels that keeps E kernels and updates them every step "
+      "can reach here, with no router at all.", "",
+      "| experts | group | dense: forward, +backward, step | gather: "
+      "forward, +backward, step | gather / dense: forward, backward, update "
+      "| parameter floor | bound | gather / dense step |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for r in rows:
+    dense = [r["dense_" + p] for p in PARTS]
+    ours = [r["gather_" + p] for p in PARTS]
+    # Each part alone: forward, backward (minus forward), update (minus
+    # forward and backward).
+    alone = lambda t: [t[0], t[1] - t[0], t[2] - t[1]]
+    lines.append("| %d | %d | %s | %s | %s | %.3f s | %.2f× | %.2f× |" % (
+        r["experts"], r["group"], ", ".join("%.3f" % t for t in dense),
+        ", ".join("%.3f" % t for t in ours), ", ".join(
+            "%+.3f s" % (o - d) for o, d in zip(alone(ours), alone(dense))),
+        r["floor"], (dense[2] + r["floor"]) / dense[2], ours[2] / dense[2]))
+  _save(lines, rows, args)
+
+
+def _machine():
+  return "%s, %d CPU cores, TensorFlow %s" % (
       platform.processor() or platform.machine(), os.cpu_count(),
       tf.__version__)
-  lines = [
-      "# Switch layer benchmark",
+
+
+def _header(args, title):
+  return [
+      "# Switch layer benchmark" + (": " + title if title else ""),
       "",
       "One training step (forward, backward, SGD update) of one layer: %d "
       "tokens, d_model %d, d_ff %d per expert and dense, capacity factor "
@@ -171,9 +263,39 @@ def _write(rows, args):
       "2 warm-up steps; the dense FFN is timed next to each configuration.  "
       "Machine: %s.  Command: `.venv/bin/python "
       "benchmarks/layer_benchmark.py%s`." % (
-          TOKENS, D_MODEL, D_FF, CF, args.steps, machine, "".join(
+          TOKENS, D_MODEL, D_FF, CF, args.steps, _machine(), "".join(
               " " + a for a in _flags(args))),
-      "",
+      ""]
+
+
+def _save(lines, rows, args):
+  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+  with open(args.output + ".md", "w") as f:
+    f.write("\n".join(lines) + "\n")
+  with open(args.output + ".json", "w") as f:
+    json.dump(dict(rows=rows, machine=_machine(), steps=args.steps,
+                   flags=_flags(args)), f, indent=1)
+  print("\n".join(lines))
+
+
+def _flags(args):
+  flags = ["--quick"] if args.quick else []
+  if args.breakdown:
+    flags.append("--breakdown")
+  if args.steps != 8:
+    flags.append("--steps %d" % args.steps)
+  if args.configs:
+    flags.append("--configs " + args.configs)
+  if args.variants != ",".join(VARIANTS):
+    flags.append("--variants " + args.variants)
+  if os.path.abspath(args.output) != os.path.join(RESULTS,
+                                                  _default_name(args)):
+    flags.append("--output " + os.path.relpath(args.output, os.getcwd()))
+  return flags
+
+
+def _write(rows, args):
+  lines = _header(args, "") + [
       "| experts | group | dense | upstream moe.py | switch_mtf einsum | "
       "switch_mtf gather |",
       "| --- | --- | --- | --- | --- | --- |",
@@ -189,13 +311,7 @@ def _write(rows, args):
             "FLOPs, plus the router; the gather path computes only the slots "
             "that hold a token (about 1.0 x dense FLOPs), plus the router and "
             "its gathers."]
-  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  with open(args.output + ".md", "w") as f:
-    f.write("\n".join(lines) + "\n")
-  with open(args.output + ".json", "w") as f:
-    json.dump(dict(rows=rows, machine=machine,
-                   steps=args.steps), f, indent=1)
-  print("\n".join(lines))
+  _save(lines, rows, args)
 
 
 if __name__ == "__main__":
