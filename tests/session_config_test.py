@@ -1,4 +1,4 @@
-"""session_config.for_cpu: three grappler passes off on TensorFlow's CPU
+"""session_config.for_cpu: five grappler passes off on TensorFlow's CPU
 build, everything else of the given options kept; used by training's
 Estimator and the evaluation scorer."""
 import tensorflow.compat.v1 as tf
@@ -16,7 +16,8 @@ Rewriter = rewriter_config_pb2.RewriterConfig
 def _passes(proto):
   rewrite = proto.graph_options.rewrite_options
   return (rewrite.layout_optimizer, rewrite.remapping,
-          rewrite.memory_optimization)
+          rewrite.memory_optimization, rewrite.function_optimization,
+          rewrite.disable_tfg_optimizer)
 
 
 def test_passes_off_and_the_rest_kept(monkeypatch):
@@ -25,12 +26,14 @@ def test_passes_off_and_the_rest_kept(monkeypatch):
                          allow_soft_placement=True)
   given.graph_options.rewrite_options.meta_optimizer_iterations = Rewriter.ONE
   out = session_config.for_cpu(given)
-  assert _passes(out) == (Rewriter.OFF, Rewriter.OFF, Rewriter.NO_MEM_OPT)
+  assert _passes(out) == (Rewriter.OFF, Rewriter.OFF, Rewriter.NO_MEM_OPT,
+                          Rewriter.OFF, True)
   assert out.isolate_session_state and out.allow_soft_placement
   assert out.graph_options.rewrite_options.meta_optimizer_iterations == (
       Rewriter.ONE)
   assert _passes(given) == (Rewriter.DEFAULT, Rewriter.DEFAULT,
-                            Rewriter.DEFAULT_MEM_OPT)   # not changed
+                            Rewriter.DEFAULT_MEM_OPT, Rewriter.DEFAULT,
+                            False)   # not changed
   assert _passes(session_config.for_cpu()) == _passes(out)
 
 
