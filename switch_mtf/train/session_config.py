@@ -8,11 +8,11 @@ time (small/switch_8 on 2 devices: 2.3 s of grappler time per start with
 all, 1.3 s without the last two below).
 
 Four change nothing: checked on the optimized graphs TensorFlow runs
-(small/switch_8 on 2 devices, small/dense and small/switch_8 with ReLU
-experts on 1, small/switch_32 with einsum dispatch on 2), the same number of
-nodes of each op type and of edges with and without them, two annotations
-aside (``_input_shapes``, ``_grappler_relax_allocator_constraints``, which
-concern GPU memory):
+(small/switch_8 on 1 and 2 devices, small/dense on 1, small/switch_32 with
+einsum dispatch on 2; for the first three also small/switch_8 with ReLU
+experts on 1), the same number of nodes of each op type and of edges with
+and without them, two annotations aside (``_input_shapes``,
+``_grappler_relax_allocator_constraints``, which concern GPU memory):
 
 - ``layout``: converts convolutions' data formats for GPUs (no convolutions
   here);
@@ -27,9 +27,9 @@ One changes the graph and not its results:
 
 - ``tfg`` (the MLIR graph pass that runs first: attributes, topological
   order, shape inference): without it, the graphs have the same arithmetic
-  ops, and the transposes that Mesh TF's einsums put on the output of a
-  Reciprocal are dropped as no-ops (small/switch_8: 6 of 22 transposes on
-  1 device, 12 of 36 on 2; a few more constants).
+  ops and fewer transposes (small/switch_8 on 1 device: the 6 that Mesh
+  TF's einsums put on the output of a Reciprocal are gone, 22 -> 16; on 2
+  devices 36 -> 24) and a few more constants.
 
 Checkpoints after 10 steps (the four models above) and evaluations are
 bit-identical with and without all five, and 300 steps of small/switch_8
