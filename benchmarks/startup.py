@@ -1,16 +1,21 @@
 """How long `switch-mtf` takes before it does anything useful (issue 17).
 
   .venv/bin/python benchmarks/startup.py [--repeats 3] [--checkout DIR]
+      [--against DIR] [--label NAME]
 
 Wall times, each the median of ``--repeats`` fresh processes:
 ``switch-mtf --help``, ``switch-mtf info`` on a Table 9 preset
 (``models/switch_base_128``), and the time from ``switch-mtf train`` of
 ``models/small/switch_8`` on ``layouts/cpu_ep_2`` to its progress lines of
 steps 1 and 2 (``--log_every=1``; a second step whose fetches differed from
-the first's would optimize the graph again).  ``--checkout`` measures another checkout of the
-project (for example a clone of an older commit) with this environment's
-Python.  Writes ``benchmarks/results/startup.{md,json}`` (or
-``startup_<label>`` with ``--label``).
+the first's would optimize the graph again).  ``--checkout`` measures another
+checkout of the project (for example a clone of an older commit) with this
+environment's Python; ``--against DIR`` also times the train start-up of the
+checkout DIR, alternating run by run with the measured one, and reports the
+median of the paired differences (the machine's speed drifts by seconds
+within an hour; pairs taken side by side cancel most of it).  Writes
+``benchmarks/results/startup.{md,json}`` (or ``startup_<label>`` with
+``--label``).
 """
 import argparse
 import json
@@ -62,11 +67,20 @@ def _to_steps(checkout):
     return seconds
 
 
+def _commit(checkout):
+  return subprocess.run(["git", "-C", checkout, "rev-parse", "--short",
+                         "HEAD"], capture_output=True, text=True,
+                        check=False).stdout.strip()
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--checkout", default=ROOT)
   parser.add_argument("--label", default="")
+  parser.add_argument("--against", default="",
+                      help="another checkout whose train start-up is timed "
+                      "alternately with this one's, in pairs")
   args = parser.parse_args()
   checkout = os.path.abspath(args.checkout)
   measures = {
@@ -77,17 +91,25 @@ def main():
   train = "train small/switch_8 cpu_ep_2 to step %d"
   times = {name: [measure() for _ in range(args.repeats)]
            for name, measure in measures.items()}
-  runs = [_to_steps(checkout) for _ in range(args.repeats)]
+  runs, others = [], []
+  for _ in range(args.repeats):
+    runs.append(_to_steps(checkout))
+    if args.against:
+      others.append(_to_steps(os.path.abspath(args.against)))
   times.update({train % step: [run[step] for run in runs] for step in (1, 2)})
+  if args.against:
+    other = _commit(os.path.abspath(args.against))
+    for step in (1, 2):
+      times[(train % step) + ", " + other] = [o[step] for o in others]
+      times["difference to %s, step %d, pair by pair" % (other, step)] = [
+          r[step] - o[step] for r, o in zip(runs, others)]
   results = {}
   for name, values in times.items():
     results[name] = dict(median_s=round(statistics.median(values), 2),
                          all_s=[round(t, 2) for t in values])
     print("%s: %.2f s (median of %s)" % (name, results[name]["median_s"],
                                          results[name]["all_s"]))
-  commit = subprocess.run(["git", "-C", checkout, "rev-parse", "--short",
-                           "HEAD"], capture_output=True, text=True,
-                          check=False).stdout.strip()
+  commit = _commit(checkout)
   meta = dict(commit=commit, machine=platform.platform(),
               cpus=os.cpu_count(), python=platform.python_version(),
               repeats=args.repeats, command=" ".join(sys.argv))
