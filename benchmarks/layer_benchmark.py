@@ -233,12 +233,14 @@ def _breakdown(configs, args):
       "forward, +backward, step | gather / dense: forward, backward, update "
       "| parameter floor | bound | gather / dense step |",
       "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  def alone(t):
+    # Each part alone from the cumulative times: forward, backward (minus
+    # forward), update (minus forward and backward).
+    return [t[0], t[1] - t[0], t[2] - t[1]]
+
   for r in rows:
     dense = [r["dense_" + p] for p in PARTS]
     ours = [r["gather_" + p] for p in PARTS]
-    # Each part alone: forward, backward (minus forward), update (minus
-    # forward and backward).
-    alone = lambda t: [t[0], t[1] - t[0], t[2] - t[1]]
     lines.append("| %d | %d | %s | %s | %s | %.3f s | %.2f× | %.2f× |" % (
         r["experts"], r["group"], ", ".join("%.3f" % t for t in dense),
         ", ".join("%.3f" % t for t in ours), ", ".join(

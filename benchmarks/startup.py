@@ -91,14 +91,15 @@ def main():
   train = "train small/switch_8 cpu_ep_2 to step %d"
   times = {name: [measure() for _ in range(args.repeats)]
            for name, measure in measures.items()}
+  against = os.path.abspath(args.against) if args.against else None
   runs, others = [], []
   for _ in range(args.repeats):
     runs.append(_to_steps(checkout))
-    if args.against:
-      others.append(_to_steps(os.path.abspath(args.against)))
+    if against:
+      others.append(_to_steps(against))
   times.update({train % step: [run[step] for run in runs] for step in (1, 2)})
-  if args.against:
-    other = _commit(os.path.abspath(args.against))
+  if against:
+    other = _commit(against)
     for step in (1, 2):
       times[(train % step) + ", " + other] = [o[step] for o in others]
       times["difference to %s, step %d, pair by pair" % (other, step)] = [
