@@ -70,8 +70,9 @@ setuptools.setup(
         # Reading PyTorch pickles (pytorch_model.bin) in `switch-mtf convert`;
         # safetensors convert without it.  2.13.0 has a CPU-only build.
         "convert": ["torch==2.13.0"],
-        # The conversion tests compare against Hugging Face's model in torch.
-        "test": ["pytest", "torch==2.13.0"],
+        # The conversion tests compare against Hugging Face's model in torch;
+        # bin/test spreads the test files over processes with pytest-xdist.
+        "test": ["pytest", "pytest-xdist", "torch==2.13.0"],
         # GPU machines: TensorFlow's CUDA build and NVIDIA's libraries
         # (bin/ takes it with SWITCH_MTF_TENSORFLOW=gpu; without it bin/
         # installs tensorflow-cpu, see bin/ensure-env.sh).

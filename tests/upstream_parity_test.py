@@ -44,8 +44,12 @@ def _run_both(capacity_factor, train, dispatch, layout="", mesh_shape=""):
           x, dims[-1], hparams, train, mesh_program.FLOAT32, layout=layout,
           mesh_shape=mesh_shape, nonpadding=nonpadding, activation="relu")
     with tf.variable_scope("ours"):
+      # Upstream's loss is its default loss_coef 1e-2 times the balancing
+      # loss, no z-loss: the same settings spelled out here.
+      router = routing.SwitchRouter(policy_train="argmax", aux_loss_coef=1e-2,
+                                    z_loss_coef=0.0)
       y_ours, r = layers.switch_feed_forward(
-          x, config, routing.SwitchRouter(policy_train="argmax"), train,
+          x, config, router, train,
           mesh_program.FLOAT32, nonpadding=nonpadding, layout=layout,
           mesh_shape=mesh_shape)
     values = {
