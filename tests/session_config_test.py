@@ -1,6 +1,7 @@
 """session_config.for_cpu: five grappler passes off on TensorFlow's CPU
 build, everything else of the given options kept; used by training's
-Estimator and the evaluation scorer."""
+Estimator and the evaluation scorer.  session_config.unoptimized: grappler
+off, for the emptiness check's session."""
 import tensorflow.compat.v1 as tf
 from tensorflow.core.protobuf import rewriter_config_pb2
 
@@ -54,3 +55,22 @@ def test_training_estimator_uses_them(monkeypatch, tmp_path):
   assert _passes(proto) == _passes(session_config.for_cpu())
   assert proto.allow_soft_placement   # the Estimator's default kept
   assert estimator.config.tf_random_seed == 3
+
+
+def test_emptiness_check_runs_without_grappler(monkeypatch):
+  """The check's session has grappler off, and still tells a dataset with
+  an element from an empty one."""
+  configs = []
+  session = tf.Session
+
+  def recording(*args, **kwargs):
+    configs.append(kwargs.get("config"))
+    return session(*args, **kwargs)
+  monkeypatch.setattr(tf, "Session", recording)
+  with tf.Graph().as_default():
+    assert run._has_element(tf.data.Dataset.range(3))  # pylint: disable=protected-access
+    assert not run._has_element(  # pylint: disable=protected-access
+        tf.data.Dataset.range(3).filter(lambda x: x > 5))
+  assert len(configs) == 2
+  assert all(c.graph_options.rewrite_options.disable_meta_optimizer
+             for c in configs)

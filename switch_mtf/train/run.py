@@ -22,6 +22,7 @@ from switch_mtf import compat
 from switch_mtf import config
 from switch_mtf.train import evaluation
 from switch_mtf.train import pipelines
+from switch_mtf.train import session_config
 from switch_mtf.train import training
 from switch_mtf.errors import ConfigError
 
@@ -150,7 +151,7 @@ def _has_element(dataset):
   if tf.executing_eagerly():
     return any(True for _ in dataset.take(1))
   nxt = tf.data.make_one_shot_iterator(dataset.take(1)).get_next()
-  with tf.Session() as session:
+  with tf.Session(config=session_config.unoptimized()) as session:
     try:
       session.run(nxt)
       return True
