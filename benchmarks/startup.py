@@ -67,10 +67,24 @@ def _to_steps(checkout):
     return seconds
 
 
-def _commit(checkout):
-  return subprocess.run(["git", "-C", checkout, "rev-parse", "--short",
-                         "HEAD"], capture_output=True, text=True,
-                        check=False).stdout.strip()
+def commit_of(checkout):
+  """The checkout's commit, "-dirty" if it has uncommitted changes."""
+  return subprocess.run(["git", "-C", checkout, "describe", "--always",
+                         "--dirty", "--abbrev=7"], capture_output=True,
+                        text=True, check=False).stdout.strip()
+
+
+def save_json(stem, label, commit, repeats, results):
+  """Writes ``results`` with the machine's description to
+  ``benchmarks/results/<stem>[_<label>].json``; returns the path without
+  its extension and the description."""
+  meta = dict(commit=commit, machine=platform.platform(),
+              cpus=os.cpu_count(), python=platform.python_version(),
+              repeats=repeats, command=" ".join(sys.argv))
+  out = os.path.join(HERE, "results", stem + ("_" + label if label else ""))
+  with open(out + ".json", "w") as f:
+    json.dump(dict(meta=meta, results=results), f, indent=1)
+  return out, meta
 
 
 def main():
@@ -99,7 +113,7 @@ def main():
       others.append(_to_steps(against))
   times.update({train % step: [run[step] for run in runs] for step in (1, 2)})
   if against:
-    other = _commit(against)
+    other = commit_of(against)
     for step in (1, 2):
       times[(train % step) + ", " + other] = [o[step] for o in others]
       times["difference to %s, step %d, pair by pair" % (other, step)] = [
@@ -110,14 +124,8 @@ def main():
                          all_s=[round(t, 2) for t in values])
     print("%s: %.2f s (median of %s)" % (name, results[name]["median_s"],
                                          results[name]["all_s"]))
-  commit = _commit(checkout)
-  meta = dict(commit=commit, machine=platform.platform(),
-              cpus=os.cpu_count(), python=platform.python_version(),
-              repeats=args.repeats, command=" ".join(sys.argv))
-  name = "startup" + ("_" + args.label if args.label else "")
-  out = os.path.join(HERE, "results", name)
-  with open(out + ".json", "w") as f:
-    json.dump(dict(meta=meta, results=results), f, indent=1)
+  commit = commit_of(checkout)
+  out, meta = save_json("startup", args.label, commit, args.repeats, results)
   with open(out + ".md", "w") as f:
     f.write("# Start-up times (%s)\n\n" % commit)
     f.write("Machine: %s, %d CPUs, Python %s; median of %d fresh processes; "

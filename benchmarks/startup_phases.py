@@ -33,14 +33,14 @@ a second; the phase it is in, paired, often can.  Writes
 with ``--label``).
 """
 import argparse
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+import startup  # benchmarks/startup.py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -141,12 +141,6 @@ def _phases(checkout, model, layout):
   return seconds, ends
 
 
-def _commit(checkout):
-  return subprocess.run(["git", "-C", checkout, "describe", "--always",
-                         "--dirty", "--abbrev=7"], capture_output=True,
-                        text=True, check=False).stdout.strip()
-
-
 def main():
   if len(sys.argv) > 1 and sys.argv[1] == "--child":
     _child(sys.argv[3:])
@@ -170,10 +164,10 @@ def main():
     runs.append(_phases(ROOT, args.model, args.layout))
     if against:
       others.append(_phases(against, args.model, args.layout))
-  commit = _commit(ROOT)
+  commit = startup.commit_of(ROOT)
   columns = {commit: runs}
   if against:
-    columns[_commit(against)] = others
+    columns[startup.commit_of(against)] = others
   results = {}
   for name, column in columns.items():
     results[name] = {phase: dict(
@@ -182,7 +176,7 @@ def main():
         median_until_s=round(statistics.median(r[1][phase] for r in column),
                              2)) for phase in PHASES}
   if against:
-    other = _commit(against)
+    other = startup.commit_of(against)
     results["difference to " + other] = {phase: dict(
         median_s=round(statistics.median(
             r[0][phase] - o[0][phase] for r, o in zip(runs, others)), 2),
@@ -191,13 +185,8 @@ def main():
         median_until_s=round(statistics.median(
             r[1][phase] - o[1][phase] for r, o in zip(runs, others)), 2))
                                              for phase in PHASES}
-  meta = dict(commit=commit, machine=platform.platform(),
-              cpus=os.cpu_count(), python=platform.python_version(),
-              repeats=args.repeats, command=" ".join(sys.argv))
-  name = "startup_phases" + ("_" + args.label if args.label else "")
-  out = os.path.join(HERE, "results", name)
-  with open(out + ".json", "w") as f:
-    json.dump(dict(meta=meta, results=results), f, indent=1)
+  out, meta = startup.save_json("startup_phases", args.label, commit,
+                                args.repeats, results)
   with open(out + ".md", "w") as f:
     f.write("# Start-up of `train %s %s`, phase by phase\n\n" % (
         args.model, args.layout))
