@@ -359,8 +359,9 @@ def _add_graph_once(hook):
     hook._timer.update_last_triggered_step(global_step)
 
   def end_after_the_graph(session):
-    # The graph written, and flushed: the summary hook's last flush may
-    # have come before it (nothing flushes the writer at exit).
+    # The graph written, and flushed: the Estimator's summary hook flushes
+    # the writer after this hook's end, but there is one only when
+    # summaries are saved, and nothing flushes the writer at exit.
     while writing:
       writing.pop().join()
       hook._summary_writer.flush()
