@@ -314,9 +314,10 @@ def _graph_written_once(estimator):
   model dir's summary writer is made without a graph, and the checkpoint
   hook adds the graph to it once, from a thread started when the session
   starts (the final graph: TensorBoard's graph view) and joined at the end
-  of training, and saves the first checkpoint as it did.  (The hook's ``save_graph_def`` switch turns off only the files;
-  the hook sits in Mesh TF's model function, so we change the hook the
-  model function returns.)"""
+  of training, and saves the first checkpoint as it did.  (The hook's
+  ``save_graph_def`` switch turns off only the files; the hook sits in
+  Mesh TF's model function, so we change the hook the model function
+  returns.)"""
   model_fn = estimator._model_fn  # pylint: disable=protected-access
 
   def model_fn_writing_the_graph_once(features, labels, mode, config, params):
