@@ -91,20 +91,19 @@ def _child(cli_args):
     mtf.Lowering.__init__ = _ending("lowering", _starting(
         "Mesh TF graph", lowering_init))
     hook = training.ProgressHook
-    before_run, after_run, steps = hook.before_run, hook.after_run, []
+    before_run, after_run = hook.before_run, hook.after_run
 
-    def before_run_marked(self, context):
-      if not steps:
-        _mark("session set-up")
+    def before_first_run(self, context):
+      _mark("session set-up")
+      hook.before_run = before_run
       return before_run(self, context)
 
-    def after_run_marked(self, context, values):
+    def after_first_run(self, context, values):
       out = after_run(self, context, values)
-      if not steps:
-        steps.append(1)
-        _mark("first step")
+      _mark("first step")
+      hook.after_run = after_run
       return out
-    hook.before_run, hook.after_run = before_run_marked, after_run_marked
+    hook.before_run, hook.after_run = before_first_run, after_first_run
     out = prepare(args)
     _mark("gin and tasks")
     return out
@@ -167,24 +166,17 @@ def main():
   commit = startup.commit_of(ROOT)
   columns = {commit: runs}
   if against:
-    columns[startup.commit_of(against)] = others
-  results = {}
-  for name, column in columns.items():
-    results[name] = {phase: dict(
-        median_s=round(statistics.median(r[0][phase] for r in column), 2),
-        all_s=[round(r[0][phase], 2) for r in column],
-        median_until_s=round(statistics.median(r[1][phase] for r in column),
-                             2)) for phase in PHASES}
-  if against:
     other = startup.commit_of(against)
-    results["difference to " + other] = {phase: dict(
-        median_s=round(statistics.median(
-            r[0][phase] - o[0][phase] for r, o in zip(runs, others)), 2),
-        all_s=[round(r[0][phase] - o[0][phase], 2)
-               for r, o in zip(runs, others)],
-        median_until_s=round(statistics.median(
-            r[1][phase] - o[1][phase] for r, o in zip(runs, others)), 2))
-                                             for phase in PHASES}
+    columns[other] = others
+    columns["difference to " + other] = [
+        tuple({p: mine[i][p] - theirs[i][p] for p in PHASES}
+              for i in (0, 1)) for mine, theirs in zip(runs, others)]
+  results = {name: {phase: dict(
+      median_s=round(statistics.median(r[0][phase] for r in column), 2),
+      all_s=[round(r[0][phase], 2) for r in column],
+      median_until_s=round(statistics.median(r[1][phase] for r in column),
+                           2)) for phase in PHASES}
+             for name, column in columns.items()}
   out, meta = startup.save_json("startup_phases", args.label, commit,
                                 args.repeats, results)
   with open(out + ".md", "w") as f:
