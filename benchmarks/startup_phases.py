@@ -76,7 +76,10 @@ def _child(cli_args):
   prepare = cli._prepare  # pylint: disable=protected-access
 
   def prepare_marked(args):
-    # Everything is imported by now; the wrappers go in before use.
+    # The stack is imported as _prepare would (first thing it does, with
+    # its garbage collection settings); the wrappers go in before use.
+    if hasattr(cli, "_import_stack"):   # older checkouts: imported already
+      cli._import_stack()  # pylint: disable=protected-access
     _mark("imports")
     import mesh_tensorflow as mtf  # pylint: disable=g-import-not-at-top
     from tensorflow_estimator.python.estimator.tpu import tpu_estimator  # pylint: disable=g-import-not-at-top

@@ -6,6 +6,7 @@ import sys
 
 from switch_mtf.train import cluster
 from switch_mtf import errors
+from switch_mtf import garbage_collection
 from switch_mtf import text_files
 from switch_mtf.errors import ConfigError
 
@@ -22,7 +23,16 @@ def _set_up_tensorflow():
   tf.disable_eager_execution()
 
 
+def _import_stack():
+  """Mesh TF, seqio, t5 and our modules on them: imported once per process,
+  full garbage collections deferred meanwhile (``garbage_collection``)."""
+  with garbage_collection.long_lived_imports("mesh_tensorflow", "seqio", "t5"):
+    import switch_mtf.tasks.local  # pylint: disable=g-import-not-at-top,unused-import
+    import switch_mtf.train.run  # pylint: disable=g-import-not-at-top,unused-import
+
+
 def _demo(args):
+  _import_stack()
   from switch_mtf.reproduction import demo  # pylint: disable=g-import-not-at-top
   _set_up_tensorflow()
   demo.run(steps=args.steps, num_devices=args.devices,
@@ -31,11 +41,11 @@ def _demo(args):
 
 
 def _reproduce(args):
+  _prepare(args)   # gin, and the tasks --task needs (e.g. local_*)
   from switch_mtf.reproduction import plan as reproduction  # pylint: disable=g-import-not-at-top
   names = (args.experiments.split(",") if args.experiments
            else reproduction.QUICK_EXPERIMENTS if args.quick
            else reproduction.EXPERIMENTS)
-  _prepare(args)   # gin, and the tasks --task needs (e.g. local_*)
   reproduction.reproduce(names, quick=args.quick,
                          output_dir=args.output_dir, task=args.task,
                          extra_params=args.gin_param, steps=args.steps)
@@ -60,13 +70,13 @@ def _info(args):
 
 
 def _prepare(args):
-  """Imports the --module_import modules, parses gin, registers the tasks
-  --task needs and checks that it exists."""
+  """Imports the stack and the --module_import modules, parses gin,
+  registers the tasks --task needs and checks that it exists."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  _import_stack()
   from switch_mtf import config  # pylint: disable=g-import-not-at-top
   from switch_mtf.train import run  # pylint: disable=g-import-not-at-top
-  import importlib  # pylint: disable=g-import-not-at-top
   _set_up_tensorflow()
-  import switch_mtf.tasks.local  # pylint: disable=g-import-not-at-top,unused-import
   for name in args.module_import:
     try:
       importlib.import_module(name)
@@ -80,9 +90,9 @@ def _prepare(args):
 
 def _run_setup(args):
   """``_prepare``; returns (the run module, the sequence lengths)."""
+  _prepare(args)
   from switch_mtf import config  # pylint: disable=g-import-not-at-top
   from switch_mtf.train import run  # pylint: disable=g-import-not-at-top
-  _prepare(args)
   return run, config.query("utils.run.sequence_length",
                            {"inputs": 512, "targets": 114})
 
@@ -543,7 +553,8 @@ def _add_checkpoint_commands(commands):
 def main(argv=None):
   args = _parser().parse_args(argv)
   from switch_mtf import compat  # pylint: disable=g-import-not-at-top
-  compat.import_tensorflow_quietly()
+  with garbage_collection.long_lived_imports("tensorflow"):
+    compat.import_tensorflow_quietly()
   try:
     try:
       args.func(args)

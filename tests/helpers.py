@@ -97,11 +97,12 @@ def cli(*args, **kwargs):
                         check=False, **kwargs)
 
 
-def fresh_python(code):
-  """Runs ``code`` in a new interpreter of this environment; asserts it
-  succeeds and returns its result (output captured)."""
-  result = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                          text=True, check=False)
+def fresh_python(code, *argv):
+  """Runs ``code`` (``argv``: its ``sys.argv[1:]``) in a new interpreter of
+  this environment; asserts it succeeds and returns its result (output
+  captured)."""
+  result = subprocess.run([sys.executable, "-c", code] + list(argv),
+                          capture_output=True, text=True, check=False)
   assert result.returncode == 0, result.stderr[-2000:]
   return result
 
