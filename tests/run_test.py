@@ -157,10 +157,18 @@ def test_sigkill_then_resume_gives_the_uninterrupted_losses(trained,
                          "--steps", str(start + 2))
     assert longer.returncode == 0, longer.stderr[-3000:]
     reference = helpers.losses(longer.stdout)
+  restored = [os.path.join(model_dir, name) for name in os.listdir(model_dir)
+              if name.startswith("model.ckpt-%d." % start)]
+  written = {path: (os.stat(path).st_ino, os.stat(path).st_mtime_ns)
+             for path in restored}
   resumed = helpers.cli(*TRAIN, "--model_dir", model_dir, "--steps",
                         str(start + 2), "--save_checkpoints_steps", "1")
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resuming from the checkpoint at step %d" % start in resumed.stdout
+  # The checkpoint it restored is not written again at the start.
+  assert len(written) >= 2 and written == {
+      path: (os.stat(path).st_ino, os.stat(path).st_mtime_ns)
+      for path in restored}
   losses = helpers.losses(resumed.stdout)
   assert sorted(losses) == [start + 1, start + 2]
   for step, loss in losses.items():
