@@ -50,7 +50,9 @@ Patches:
   7. TensorFlow's ``CheckpointSaverHook`` saves again at the start of every
      run, also when the restored checkpoint is that very step: a resumed run
      rewrote the last good checkpoint, and a kill during that rewrite could
-     damage it.  We skip that save when the latest checkpoint is the step.
+     damage it.  We skip that save when the latest checkpoint is the step
+     (``saved_already``; our training hook, which replaces the method to
+     write the graph once, asks the same).
   8. Mesh TF's model function ``tf.Print``s "step, tf_loss" to stderr on
      every CPU/GPU step (and reads the step racily for it).  Our progress
      lines replace it: its module sees a ``tf`` whose ``Print`` is identity.
@@ -350,16 +352,22 @@ def _patch_scalar_summaries():
   mtf.ScalarSummaryOperation.lower = lower
 
 
+def saved_already(checkpoint_dir, step):
+  """Whether the newest checkpoint in ``checkpoint_dir`` is of ``step``: a
+  resumed run's, which its session restored (see 7)."""
+  from tensorflow.python.checkpoint import checkpoint_management  # pylint: disable=g-direct-tensorflow-import,g-import-not-at-top
+  latest = checkpoint_management.latest_checkpoint(checkpoint_dir)
+  return bool(latest) and latest.endswith("-%d" % step)
+
+
 def _patch_checkpoint_resave():
   from tensorflow.python.training import basic_session_run_hooks  # pylint: disable=g-direct-tensorflow-import,g-import-not-at-top
-  from tensorflow.python.checkpoint import checkpoint_management  # pylint: disable=g-direct-tensorflow-import,g-import-not-at-top
   hook_class = basic_session_run_hooks.CheckpointSaverHook
   original = hook_class.after_create_session
 
   def after_create_session(self, session, coord):
     step = session.run(self._global_step_tensor)  # pylint: disable=protected-access
-    latest = checkpoint_management.latest_checkpoint(self._checkpoint_dir)  # pylint: disable=protected-access
-    if not (latest and latest.endswith("-%d" % step)):
+    if not saved_already(self._checkpoint_dir, step):  # pylint: disable=protected-access
       return original(self, session, coord)
     self._save = lambda *args, **kwargs: False  # pylint: disable=protected-access
     try:

@@ -314,8 +314,9 @@ def _graph_written_once(estimator):
   model dir's summary writer is made without a graph, and the checkpoint
   hook adds the graph to it once, from a thread started when the session
   starts (the final graph: TensorBoard's graph view) and joined at the end
-  of training, and saves the first checkpoint as it did unless the model
-  dir's newest checkpoint is of the same step (``_saved_at``).  (The hook's
+  of training, and saves the first checkpoint unless the model dir's newest
+  checkpoint is of the same step (compat 7, which this method's
+  replacement bypassed from 896e389 to b76f1d4).  (The hook's
   ``save_graph_def`` switch turns off only the files; the hook sits in
   Mesh TF's model function, so we change the hook the model function
   returns.)"""
@@ -357,7 +358,7 @@ def _add_graph_once(hook):
         args=(tf.get_default_graph(),), name="switch_mtf_graph_writer",
         daemon=True))
     writing[-1].start()
-    if not _saved_at(hook._checkpoint_dir, global_step):
+    if not compat.saved_already(hook._checkpoint_dir, global_step):
       hook._save(session, global_step)
     hook._timer.update_last_triggered_step(global_step)
 
@@ -373,17 +374,6 @@ def _add_graph_once(hook):
   hook.after_create_session = after_create_session
   hook.end = end_after_the_graph
   # pylint: enable=protected-access
-
-
-def _saved_at(directory, step):
-  """Whether the newest checkpoint in ``directory`` is of ``step``: a
-  resumed run, whose session restored it.  Saving it again at the start (as
-  TensorFlow's hook does) would write the same weights under the same name:
-  0.4 s for small/switch_8 (slices copied to the masters, the finiteness
-  check, the save), a whole checkpoint's writing for a large model, at
-  each resumption."""
-  path = tf.train.latest_checkpoint(directory)
-  return path is not None and path.endswith("-%d" % step)
 
 
 def training_estimator(model, task_name, seed, init_checkpoint=None):
