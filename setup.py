@@ -35,7 +35,7 @@ from setuptools.command import build_py  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Put at the top of site-packages, it installs switch_mtf's import hook
-# (switch_mtf/compat.py) at every interpreter start of the environment, so
+# (switch_mtf/compat/) at every interpreter start of the environment, so
 # that any program importing Mesh TF (T5's t5_mesh_transformer too) gets
 # the compatibility fixes.  Guarded: harmless once switch_mtf is removed.
 PTH_NAME = "switch_mtf_compat.pth"

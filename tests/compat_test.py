@@ -90,3 +90,50 @@ def test_step_increment_waits_for_the_step_reads_of_the_updates():
       session.run(tf.global_variables_initializer())
       _, new_step = session.run([train_op, after])
     assert new_step == 1
+
+
+def _lowered_switch_layer(monkeypatch, share):
+  """A Switch layer's outputs and gradients on 2 devices (jitter, expert
+  dropout), with equal constants shared by the lowering (compat 18) or
+  not; and how many constants the lowered graph has."""
+  import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
+  import helpers  # pylint: disable=g-import-not-at-top
+  from switch_mtf.compat import mesh_tf  # pylint: disable=g-import-not-at-top
+  from switch_mtf.moe import layers  # pylint: disable=g-import-not-at-top
+  from switch_mtf.moe import routing  # pylint: disable=g-import-not-at-top
+  from switch_mtf.train import mesh_program  # pylint: disable=g-import-not-at-top
+  if not share:
+    monkeypatch.setattr(mesh_tf, "_equal_constants_shared",
+                        lambda create: create)
+  graphs = []
+  run = mesh_program.MeshProgram.run
+
+  def run_keeping_the_graph(self, *args, **kwargs):
+    graphs.append(self.tf_graph)
+    return run(self, *args, **kwargs)
+
+  monkeypatch.setattr(mesh_program.MeshProgram, "run", run_keeping_the_graph)
+  tokens = np.random.RandomState(0).randn(4, 8, 8).astype(np.float32)
+  config = layers.SwitchConfig(num_experts=4, hidden_size=8, group_size=8,
+                               expert_dropout_rate=0.3)
+  out = helpers.run_switch(
+      tokens, config, routing.SwitchRouter(policy_train="input_jitter"),
+      train=True, grads=True, mesh_shape="batch:2",
+      layout="batch:batch,experts:batch", seed=5)
+  with graphs[0].as_default():
+    constants = sum(op.type == "Const" for op in tf.get_default_graph()
+                    .get_operations())
+  return out, constants
+
+
+def test_equal_constants_of_a_lowering_are_shared_and_change_nothing(
+    monkeypatch):
+  shared, fewer = _lowered_switch_layer(monkeypatch, share=True)
+  monkeypatch.undo()
+  unshared, more = _lowered_switch_layer(monkeypatch, share=False)
+  assert fewer < more / 2, (fewer, more)
+  keys = sorted(k for k in shared if k != "weights")
+  assert keys == sorted(k for k in unshared if k != "weights")
+  assert [k for k in keys if k.startswith("grad/")]
+  for key in keys:
+    assert np.array_equal(shared[key], unshared[key]), key
