@@ -137,3 +137,44 @@ def test_equal_constants_of_a_lowering_are_shared_and_change_nothing(
   assert [k for k in keys if k.startswith("grad/")]
   for key in keys:
     assert np.array_equal(shared[key], unshared[key]), key
+
+
+def test_indexed_variable_scope_counts_match_tensorflows():
+  """compat 19 against TensorFlow's own methods: the same random opens and
+  closes of nested scope names (also where one name is a prefix of another
+  without a slash, empty segments, closes of everything, and an older copy
+  of the counts put back as variable_scope's exit does) leave the same
+  counts."""
+  import copy  # pylint: disable=g-import-not-at-top
+  import mesh_tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  from tensorflow.python.ops import variable_scope  # pylint: disable=g-import-not-at-top
+  from switch_mtf.compat import mesh_tf  # pylint: disable=g-import-not-at-top
+  original = mesh_tf.UNINDEXED_SCOPE_METHODS
+  assert original["close_variable_subscopes"] is not (
+      variable_scope._VariableScopeStore.close_variable_subscopes)  # pylint: disable=protected-access
+  names = ["a", "a/b", "a/b/c", "a/bc", "a/bc/d", "ab", "a/b//c", "x/a/b",
+           "a/b/c/d/e", "parallel_0", "a/parallel_0", "a/b/parallel_1"]
+  rng = np.random.RandomState(0)
+  for trial in range(20):
+    indexed = variable_scope._VariableScopeStore()  # pylint: disable=protected-access
+    plain = variable_scope._VariableScopeStore()  # pylint: disable=protected-access
+    if trial % 2:   # counts before the store is first used (built lazily)
+      for store in (indexed, plain):
+        store.variable_scopes_count = {"a/b/c": 2, "a/bc": 1}
+    saved = []
+    for _ in range(300):
+      action, name = rng.randint(5), names[rng.randint(len(names))]
+      if action <= 1:
+        indexed.open_variable_scope(name)
+        original["open_variable_scope"](plain, name)
+      elif action <= 3:
+        name = None if rng.rand() < 0.05 else name
+        indexed.close_variable_subscopes(name)
+        original["close_variable_subscopes"](plain, name)
+      elif saved and rng.rand() < 0.5:
+        older = saved.pop(rng.randint(len(saved)))
+        indexed.variable_scopes_count = copy.copy(older)
+        plain.variable_scopes_count = copy.copy(older)
+      else:
+        saved.append(copy.copy(plain.variable_scopes_count))
+      assert indexed.variable_scopes_count == plain.variable_scopes_count

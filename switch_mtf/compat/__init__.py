@@ -120,6 +120,14 @@ Patches:
      checkpoints after 10 steps (dense and switch_8 on 1 device, switch_8
      and einsum-dispatch switch_32 on 2, serialized microbatches) and
      evaluations are bit-identical with and without.
+  19. Mesh TF's lowering enters a variable scope per device for every
+     operation (``mtf.parallel``), and TensorFlow's variable scope store
+     resets the counts of the scopes below the one it leaves by looping
+     over every scope name it has seen (about a thousand in a small
+     model's graph): 40 us a scope, 0.27 s of a lowering of small/switch_8
+     on 2 devices.  The store's scope names are indexed by the scopes above
+     them (``mesh_tf.patch_variable_subscopes``), so leaving a scope resets
+     the same counts at the cost of those below it.
 """
 import contextlib
 import importlib.abc
@@ -332,7 +340,8 @@ _AFTER = {
     "mesh_tensorflow": (mesh_tf.patch_placement_random,
                         mesh_tf.patch_scalar_summaries,
                         _patch_checkpoint_resave,
-                        mesh_tf.patch_lowering_constants),
+                        mesh_tf.patch_lowering_constants,
+                        mesh_tf.patch_variable_subscopes),
     "mesh_tensorflow.transformer.utils": (mesh_tf.silence_loss_print,
                                           mesh_tf.place_master_variables),
     "t5.models.mesh_transformer_main": (_one_line_user_errors,),

@@ -1,5 +1,5 @@
 """The workarounds of ``switch_mtf.compat`` that patch Mesh TensorFlow
-(numbered as in its list: 2, 3, 5, 8, 13, 18).  No TensorFlow import here:
+(numbered as in its list: 2, 3, 5, 8, 13, 18, 19).  No TensorFlow import here:
 the patches import what they need when they run."""
 import sys
 import weakref
@@ -210,6 +210,58 @@ def patch_lowering_constants():
       ops._create_graph_constant = create  # pylint: disable=protected-access
 
   mtf.Lowering.__init__ = init
+
+
+# TensorFlow's own methods, which patch 19 replaces (kept for its test).
+UNINDEXED_SCOPE_METHODS = {}
+
+
+def _indexed_subscopes(store):
+  """{scope name: names of the scopes below it} of a variable scope store,
+  built from its counts at first use (see 19); under None, the names
+  indexed since."""
+  index = store.__dict__.get("_switch_mtf_below")
+  if index is None:
+    index = store._switch_mtf_below = {}  # pylint: disable=protected-access
+    for name in store.variable_scopes_count:
+      _index_scope(index, name)
+  return index
+
+
+def _index_scope(index, name):
+  for i, character in enumerate(name):
+    if character == "/":
+      index.setdefault(name[:i], set()).add(name)
+
+
+def patch_variable_subscopes():
+  from tensorflow.python.ops import variable_scope  # pylint: disable=g-direct-tensorflow-import,g-import-not-at-top
+  store_class = variable_scope._VariableScopeStore  # pylint: disable=protected-access
+  UNINDEXED_SCOPE_METHODS.update(
+      open_variable_scope=store_class.open_variable_scope,
+      close_variable_subscopes=store_class.close_variable_subscopes)
+  close_all = store_class.close_variable_subscopes
+
+  def open_variable_scope(self, scope_name):
+    counts = self.variable_scopes_count
+    index = _indexed_subscopes(self)
+    if scope_name not in counts and scope_name not in index.get(None, ()):
+      _index_scope(index, scope_name)
+      index.setdefault(None, set()).add(scope_name)
+    counts[scope_name] = counts.get(scope_name, 0) + 1
+
+  def close_variable_subscopes(self, scope_name):
+    if scope_name is None:
+      return close_all(self, None)
+    # Those of the scopes below it that the counts hold: the counts may be
+    # an older copy (variable_scope's exit puts one back).
+    counts = self.variable_scopes_count
+    for name in _indexed_subscopes(self).get(scope_name, ()):
+      if name in counts:
+        counts[name] = 0
+
+  store_class.open_variable_scope = open_variable_scope
+  store_class.close_variable_subscopes = close_variable_subscopes
 
 
 class _ModuleView(object):
