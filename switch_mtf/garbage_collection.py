@@ -19,15 +19,23 @@ import sys
 # Above any count of young collections a process reaches while importing.
 _NEVER = 1 << 30
 
+# Whether TensorFlow was still to be imported at the first
+# ``long_lived_imports`` of this process (None: not asked yet).
+_FRESH = []
+
 
 @contextlib.contextmanager
 def long_lived_imports(*modules):
   """Around the import of ``modules``: no full collection inside, and what
-  exists at the end is frozen.  Does nothing if they are all imported
-  already: later in a process, the objects alive may include garbage that
-  only a full collection would free (an earlier run's graph), which
-  freezing would keep for good."""
-  if all(name in sys.modules for name in modules):
+  exists at the end is frozen.  Only in a process that had not imported
+  TensorFlow before its first use of this, and only while ``modules`` are
+  still to be imported: in a process that has done work, the objects alive
+  may include garbage that only a full collection would free (an earlier
+  run's graph, say in a test process calling the command line in-process),
+  which freezing would keep for good."""
+  if not _FRESH:
+    _FRESH.append("tensorflow" not in sys.modules)
+  if not _FRESH[0] or all(name in sys.modules for name in modules):
     yield
     return
   young, middle, old = gc.get_threshold()

@@ -96,15 +96,16 @@ def _lowered_switch_layer(monkeypatch, share):
   """A Switch layer's outputs and gradients on 2 devices (jitter, expert
   dropout), with equal constants shared by the lowering (compat 18) or
   not; and how many constants the lowered graph has."""
+  import mesh_tensorflow as mtf  # pylint: disable=g-import-not-at-top
   import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
   import helpers  # pylint: disable=g-import-not-at-top
   from switch_mtf.compat import mesh_tf  # pylint: disable=g-import-not-at-top
   from switch_mtf.moe import layers  # pylint: disable=g-import-not-at-top
   from switch_mtf.moe import routing  # pylint: disable=g-import-not-at-top
   from switch_mtf.train import mesh_program  # pylint: disable=g-import-not-at-top
-  if not share:
-    monkeypatch.setattr(mesh_tf, "_equal_constants_shared",
-                        lambda create: create)
+  if not share:   # Mesh TF's own lowering
+    monkeypatch.setattr(mtf.Lowering, "__init__",
+                        mesh_tf.ORIGINALS["Lowering.__init__"])
   graphs = []
   run = mesh_program.MeshProgram.run
 
@@ -149,7 +150,9 @@ def test_indexed_variable_scope_counts_match_tensorflows():
   import mesh_tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   from tensorflow.python.ops import variable_scope  # pylint: disable=g-import-not-at-top
   from switch_mtf.compat import mesh_tf  # pylint: disable=g-import-not-at-top
-  original = mesh_tf.UNINDEXED_SCOPE_METHODS
+  original = {name.split(".")[1]: method
+              for name, method in mesh_tf.ORIGINALS.items()
+              if name.startswith("_VariableScopeStore.")}
   assert original["close_variable_subscopes"] is not (
       variable_scope._VariableScopeStore.close_variable_subscopes)  # pylint: disable=protected-access
   names = ["a", "a/b", "a/b/c", "a/bc", "a/bc/d", "ab", "a/b//c", "x/a/b",
@@ -178,3 +181,40 @@ def test_indexed_variable_scope_counts_match_tensorflows():
       else:
         saved.append(copy.copy(plain.variable_scopes_count))
       assert indexed.variable_scopes_count == plain.variable_scopes_count
+
+
+def test_which_constants_are_shared():
+  """compat 18's rules, constant by constant: shared on the same device
+  with the same value, dtype and shape; never across devices, under a
+  device function, control dependencies or colocation, nor outside
+  ``shared_constants``."""
+  import mesh_tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
+  from switch_mtf.compat import mesh_tf  # pylint: disable=g-import-not-at-top
+  graph = tf.Graph()
+  with graph.as_default():
+    outside = tf.constant(3)
+    with mesh_tf.shared_constants():
+      anywhere = tf.constant(3)
+      assert anywhere is not outside and tf.constant(3) is anywhere
+      with tf.device("/cpu:0"):
+        first = tf.constant(3)
+        assert tf.constant(3) is first
+        assert tf.constant(3, name="other") is first   # names do not matter
+        assert tf.constant(3.0) is not tf.constant(3)
+        assert tf.constant([3]) is not first
+        assert tf.constant(-0.0) is not tf.constant(0.0)
+      with tf.device("/cpu:1"):
+        assert tf.constant(3) is not first
+        assert tf.constant(3).device.endswith("CPU:1")
+      with tf.device(lambda op: "/cpu:0"):
+        assert tf.constant(3) is not first
+      with tf.device("/cpu:0"):
+        with tf.control_dependencies([outside]):
+          ordered = tf.constant(3)
+          assert ordered is not first
+          assert outside.op in ordered.op.control_inputs
+        with tf.colocate_with(outside):   # no device of its own
+          assert tf.constant(3) is not anywhere
+    with tf.device("/cpu:0"):
+      assert tf.constant(3) is not first   # only within shared_constants

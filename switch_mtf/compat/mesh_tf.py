@@ -1,7 +1,9 @@
 """The workarounds of ``switch_mtf.compat`` that patch Mesh TensorFlow
 (numbered as in its list: 2, 3, 5, 8, 13, 18, 19).  No TensorFlow import here:
 the patches import what they need when they run."""
+import contextlib
 import sys
+import threading
 import weakref
 import zlib
 
@@ -161,18 +163,39 @@ def patch_scalar_summaries():
   mtf.ScalarSummaryOperation.lower = lower
 
 
+# The methods of TensorFlow and Mesh TF that patches 18 and 19 replace, by
+# name (for their tests).
+ORIGINALS = {}
+
+# ``made``: {key: constant} while equal constants are shared on this thread.
+_SHARING = threading.local()
+
+
+@contextlib.contextmanager
+def shared_constants():
+  """Within: equal constants made on this thread are made once (see 18)."""
+  outer = getattr(_SHARING, "made", None)
+  _SHARING.made = {}
+  try:
+    yield
+  finally:
+    _SHARING.made = outer
+
+
 def _equal_constants_shared(create):
-  """``ops._create_graph_constant`` for one lowering (see 18): a constant
-  equal to one made before in the same graph, on the same device, outside
-  control dependencies, colocation, control flow, attribute scopes and
-  functions, is that one."""
+  """``ops._create_graph_constant`` that, inside ``shared_constants``,
+  returns the constant made before with the same value, dtype and shape in
+  the same graph on the same device, outside control dependencies,
+  colocation, control flow, attribute scopes and functions."""
   from tensorflow.python.framework import op_callbacks  # pylint: disable=g-direct-tensorflow-import,g-import-not-at-top
   from tensorflow.python.framework import ops  # pylint: disable=g-direct-tensorflow-import,g-import-not-at-top
   from tensorflow.python.framework import tensor_util  # pylint: disable=g-direct-tensorflow-import,g-import-not-at-top
-  made = {}
 
   def create_or_share(value, dtype, shape, name, verify_shape,
                       allow_broadcast):
+    made = getattr(_SHARING, "made", None)
+    if made is None:
+      return create(value, dtype, shape, name, verify_shape, allow_broadcast)
     # pylint: disable=protected-access
     graph = ops.get_default_graph()
     devices = list(graph._device_function_stack.peek_objs())
@@ -199,21 +222,15 @@ def _equal_constants_shared(create):
 def patch_lowering_constants():
   mtf = sys.modules["mesh_tensorflow"]
   from tensorflow.python.framework import ops  # pylint: disable=g-direct-tensorflow-import,g-import-not-at-top
-  lowering_init = mtf.Lowering.__init__
+  ORIGINALS["Lowering.__init__"] = lowering_init = mtf.Lowering.__init__
+  ops._create_graph_constant = _equal_constants_shared(  # pylint: disable=protected-access
+      ops._create_graph_constant)  # pylint: disable=protected-access
 
   def init(self, *args, **kwargs):
-    create = ops._create_graph_constant  # pylint: disable=protected-access
-    ops._create_graph_constant = _equal_constants_shared(create)  # pylint: disable=protected-access
-    try:
+    with shared_constants():
       lowering_init(self, *args, **kwargs)
-    finally:
-      ops._create_graph_constant = create  # pylint: disable=protected-access
 
   mtf.Lowering.__init__ = init
-
-
-# TensorFlow's own methods, which patch 19 replaces (kept for its test).
-UNINDEXED_SCOPE_METHODS = {}
 
 
 def _indexed_subscopes(store):
@@ -237,9 +254,11 @@ def _index_scope(index, name):
 def patch_variable_subscopes():
   from tensorflow.python.ops import variable_scope  # pylint: disable=g-direct-tensorflow-import,g-import-not-at-top
   store_class = variable_scope._VariableScopeStore  # pylint: disable=protected-access
-  UNINDEXED_SCOPE_METHODS.update(
-      open_variable_scope=store_class.open_variable_scope,
-      close_variable_subscopes=store_class.close_variable_subscopes)
+  ORIGINALS.update({
+      "_VariableScopeStore.open_variable_scope":
+          store_class.open_variable_scope,
+      "_VariableScopeStore.close_variable_subscopes":
+          store_class.close_variable_subscopes})
   close_all = store_class.close_variable_subscopes
 
   def open_variable_scope(self, scope_name):
