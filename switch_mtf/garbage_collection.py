@@ -20,7 +20,7 @@ import sys
 _NEVER = 1 << 30
 
 # Whether TensorFlow was still to be imported at the first
-# ``long_lived_imports`` of this process (None: not asked yet).
+# ``long_lived_imports`` of this process (empty: not asked yet).
 _FRESH = []
 
 

@@ -8,8 +8,6 @@ import weakref
 import zlib
 
 _STEP_READS = weakref.WeakKeyDictionary()   # graph -> stable step tensor
-
-
 _SCALARS = weakref.WeakKeyDictionary()      # graph -> {tag: lowered scalar}
 
 
@@ -235,8 +233,7 @@ def patch_lowering_constants():
 
 def _indexed_subscopes(store):
   """{scope name: names of the scopes below it} of a variable scope store,
-  built from its counts at first use (see 19); under None, the names
-  indexed since."""
+  built from its counts at first use (see 19)."""
   index = store.__dict__.get("_switch_mtf_below")
   if index is None:
     index = store._switch_mtf_below = {}  # pylint: disable=protected-access
@@ -246,6 +243,10 @@ def _indexed_subscopes(store):
 
 
 def _index_scope(index, name):
+  """Puts ``name`` under each scope above it, once: a name with a parent is
+  indexed when its parent's set holds it (all are added together)."""
+  if name in index.get(name.rpartition("/")[0], ()):
+    return
   for i, character in enumerate(name):
     if character == "/":
       index.setdefault(name[:i], set()).add(name)
@@ -263,10 +264,8 @@ def patch_variable_subscopes():
 
   def open_variable_scope(self, scope_name):
     counts = self.variable_scopes_count
-    index = _indexed_subscopes(self)
-    if scope_name not in counts and scope_name not in index.get(None, ()):
-      _index_scope(index, scope_name)
-      index.setdefault(None, set()).add(scope_name)
+    if scope_name not in counts:   # else indexed already
+      _index_scope(_indexed_subscopes(self), scope_name)
     counts[scope_name] = counts.get(scope_name, 0) + 1
 
   def close_variable_subscopes(self, scope_name):
