@@ -310,9 +310,10 @@ def _write(rows, args):
         r["experts"], r["group"], d, " | ".join(cells)))
   lines += ["", "Ratios are step time / dense step time.  Computing every "
             "expert slot costs the capacity factor (1.25) times the dense "
-            "FLOPs, plus the router; the gather path computes only the slots "
-            "that hold a token (about 1.0 x dense FLOPs), plus the router and "
-            "its gathers."]
+            "FLOPs, plus the router; the gather path computes no empty slot "
+            "beyond the busiest expert's load: every expert runs over as "
+            "many rows as the busiest one holds (between 1.0 and 1.25 x dense "
+            "FLOPs), plus the router and its gathers."]
   _save(lines, rows, args)
 
 
