@@ -15,10 +15,12 @@ TPU), adding what a user needs from a training run:
 - parameters that went NaN/Inf are never written over the last good
   checkpoint: the checkpoint listener refuses the save and training stops.
 """
+import contextlib
 import signal
 import threading
 import time
 
+import mesh_tensorflow as mtf
 from t5.models import mesh_transformer
 import tensorflow.compat.v1 as tf
 from tensorflow.python.summary.writer import writer_cache
@@ -324,18 +326,57 @@ def _graph_written_once(estimator):
 
   def model_fn_writing_the_graph_once(features, labels, mode, config, params):
     spec = model_fn(features, labels, mode, config, params)
-    for hook in (list(spec.training_hooks)
-                 + list(spec.training_chief_hooks)):
+    hooks = list(spec.training_hooks) + list(spec.training_chief_hooks)
+    for hook in hooks:
       if isinstance(hook, tf.train.CheckpointSaverHook):
         hook._save_graph_def = False  # pylint: disable=protected-access
-        _add_graph_once(hook)
+        _add_graph_once(hook, _masters_current_after_restore(hooks, hook))
     return spec
 
   estimator._model_fn = model_fn_writing_the_graph_once  # pylint: disable=protected-access
   return estimator
 
 
-def _add_graph_once(hook):
+def _masters_current_after_restore(hooks, saver_hook):
+  """A context manager factory ``masters_current(session)``: inside it, the
+  checkpoint hook's save skips Mesh TF's copy of the slice variables into
+  the master variables (the ones saved) when Mesh TF's restore hook has
+  just copied the masters into the slices in this session, with no step
+  run since: the copy back would write the masters' own values (0.11 s
+  before step 1 of small/switch_8 on 1 device, 0.2 s on 2, as its own
+  pruned and optimized graph).  Only where every variable's slices have
+  the master's dtype (a bfloat16 slice would round the master); elsewhere,
+  or with other hooks than Mesh TF's, the copy runs."""
+  # pylint: disable=protected-access
+  restores = [h for h in hooks if isinstance(h, mtf.MtfRestoreHook)]
+  copies = [listener for listener in saver_hook._listeners
+            if isinstance(listener, mtf.MtfCheckpointSaverListener)]
+  exact = len(restores) == 1 and len(copies) == 1 and all(
+      v.master_dtype == v.slice_dtype
+      for v in restores[0]._lowering.graph.all_variables)
+  restored_in = []
+  if exact:
+    copy_into_slices = restores[0].after_create_session
+
+    def after_create_session(session, coord):
+      copy_into_slices(session, coord)
+      restored_in.append(session)
+    restores[0].after_create_session = after_create_session
+
+  @contextlib.contextmanager
+  def masters_current(session):
+    if not (restored_in and restored_in[-1] is session):
+      yield
+      return
+    copies[0].before_save = lambda session, global_step_value: None
+    try:
+      yield
+    finally:
+      del copies[0].before_save
+  return masters_current
+
+
+def _add_graph_once(hook, masters_current):
   # pylint: disable=protected-access
   directory = hook._checkpoint_dir
   with writer_cache.FileWriterCache._lock:
@@ -363,7 +404,8 @@ def _add_graph_once(hook):
         daemon=True))
     writing[-1].start()
     if not compat.saved_already(hook._checkpoint_dir, global_step):
-      hook._save(session, global_step)
+      with masters_current(session):   # no step has run in this session
+        hook._save(session, global_step)
     hook._timer.update_last_triggered_step(global_step)
 
   def end_after_the_graph(session):
