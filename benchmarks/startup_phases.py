@@ -22,6 +22,12 @@ the end of every phase by wrapping library functions from the outside
 - first step: the first training step (TensorFlow optimizes the step's
   graph first).
 
+Also the session runs before the first step (the emptiness check's, the
+initialization, readiness checks, restore copy, step-0 checkpoint, global
+step reads, the input iterator): their number and seconds, summed (each
+new set of fetches costs TensorFlow a pruning and optimization of the
+whole graph).
+
 Median seconds per phase over ``--repeats`` processes, and the medians of
 the time to the end of each phase.  ``--against DIR`` also runs the
 checkout DIR (for example a clone of an older commit) with this
@@ -48,6 +54,8 @@ PHASES = ("imports", "gin and tasks", "model object", "input check",
           "input pipeline", "Mesh TF graph", "lowering", "session set-up",
           "first step")
 _MARK = "startup_phases mark "
+_RUNS = "startup_phases session runs "
+RUNS = "session runs before step 1"
 
 
 def _mark(phase):
@@ -95,9 +103,22 @@ def _child(cli_args):
         "Mesh TF graph", lowering_init))
     hook = training.ProgressHook
     before_run, after_run = hook.before_run, hook.after_run
+    from tensorflow.python.client import session as tf_session  # pylint: disable=g-import-not-at-top
+    session_run = tf_session.BaseSession.run
+    runs = []
+
+    def timed_run(self, *args, **kwargs):
+      started = time.time()
+      try:
+        return session_run(self, *args, **kwargs)
+      finally:
+        runs.append(time.time() - started)
+    tf_session.BaseSession.run = timed_run
 
     def before_first_run(self, context):
       _mark("session set-up")
+      tf_session.BaseSession.run = session_run
+      sys.stderr.write("%s%d\t%.6f\n" % (_RUNS, len(runs), sum(runs)))
       hook.before_run = before_run
       return before_run(self, context)
 
@@ -128,11 +149,13 @@ def _phases(checkout, model, layout):
                           check=False)
   if done.returncode:
     raise RuntimeError("train failed: %s" % done.stderr[-2000:])
-  ends = {}
+  ends, runs = {}, None
   for line in done.stderr.splitlines():
     if line.startswith(_MARK):
       phase, at = line[len(_MARK):].split("\t")
       ends[phase] = float(at) - started
+    elif line.startswith(_RUNS):
+      runs = [float(v) for v in line[len(_RUNS):].split("\t")]
   missing = [p for p in PHASES if p not in ends]
   if missing:
     raise RuntimeError("no mark for %s" % ", ".join(missing))
@@ -140,6 +163,8 @@ def _phases(checkout, model, layout):
   for phase in PHASES:
     seconds[phase] = ends[phase] - previous
     previous = ends[phase]
+  if runs:   # (count, seconds)
+    seconds[RUNS], ends[RUNS] = runs[1], runs[0]
   return seconds, ends
 
 
@@ -168,17 +193,20 @@ def main():
       others.append(_phases(against, args.model, args.layout))
   commit = startup.commit_of(ROOT)
   columns = {commit: runs}
+  rows = PHASES + ((RUNS,) if all(RUNS in r[0] for r in runs + others)
+                   else ())
   if against:
     other = startup.commit_of(against)
     columns[other] = others
     columns["difference to " + other] = [
-        tuple({p: mine[i][p] - theirs[i][p] for p in PHASES}
+        tuple({p: mine[i][p] - theirs[i][p] for p in rows}
               for i in (0, 1)) for mine, theirs in zip(runs, others)]
+  # For RUNS, "until" holds the number of session runs.
   results = {name: {phase: dict(
       median_s=round(statistics.median(r[0][phase] for r in column), 2),
       all_s=[round(r[0][phase], 2) for r in column],
       median_until_s=round(statistics.median(r[1][phase] for r in column),
-                           2)) for phase in PHASES}
+                           2)) for phase in rows}
              for name, column in columns.items()}
   out, meta = startup.save_json("startup_phases", args.label, commit,
                                 args.repeats, results)
@@ -189,6 +217,10 @@ def main():
             "each; command: `%s`.\n" % (meta["machine"], meta["cpus"],
                                         meta["python"], args.repeats,
                                         meta["command"]))
+    if RUNS in rows:
+      f.write("\nThe last row sums the session runs before step 1 (they "
+              "overlap the phases above); its last column is their number."
+              "\n")
     for name, phases in results.items():
       f.write("\n## %s\n\n| phase | median s | all runs s | median s from "
               "the command to its end |\n| --- | --- | --- | --- |\n" % name)

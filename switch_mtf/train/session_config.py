@@ -8,7 +8,8 @@ presets' start-up.  On CPU eight of its passes do nothing for the training
 and evaluation graphs or only reorder them, while taking over half of that
 time (small/switch_8 on 2 devices: 2.3 s of grappler time per start with
 all, 1.3 s without the five first below; without the last three, 0.04 to
-0.12 s less again in three paired starts, grappler's log summed).
+0.12 s less again in three paired starts, grappler's own timings summed:
+``TF_CPP_MIN_LOG_LEVEL=0 TF_CPP_VMODULE=meta_optimizer=1``).
 
 Four change nothing: checked on the optimized graphs TensorFlow runs
 (small/switch_8 on 1 and 2 devices, small/dense on 1, small/switch_32 with
@@ -47,8 +48,9 @@ steps bit-identical for four of them, and the validation evaluations of two
 the same to the last digit; test: ``session_config_test``):
 
 - ``loop_optimization``: hoists loop invariants, removes dead branches and
-  stack ops (Mesh TF's lowered graphs have no loops): 50-80 ms of its own
-  per start;
+  stack ops (the training and scoring graphs have no loops; decoding's
+  sessions, which do, keep TensorFlow's defaults): 50-80 ms of its own per
+  start;
 - ``shape_optimization``: simplifies Shape/Size arithmetic: 30-40 ms;
 - ``implementation_selector``: picks a function's implementation by device
   (for Keras' recurrent layers): 25-30 ms.

@@ -42,7 +42,9 @@ class FiniteCheckpointGuard(tf.estimator.CheckpointSaverListener):
   """Refuses to save a checkpoint whose parameters are not all finite.
 
   Runs after Mesh TF's listener has copied the slices into the saved
-  variables, so it checks exactly what would be written.
+  variables (or, at a new run's first save, where that copy is skipped,
+  after the restore hook copied them out: ``_masters_current_after_restore``),
+  so it checks exactly what would be written.
   """
 
   def begin(self):
@@ -326,53 +328,62 @@ def _graph_written_once(estimator):
 
   def model_fn_writing_the_graph_once(features, labels, mode, config, params):
     spec = model_fn(features, labels, mode, config, params)
-    hooks = list(spec.training_hooks) + list(spec.training_chief_hooks)
-    for hook in hooks:
-      if isinstance(hook, tf.train.CheckpointSaverHook):
-        hook._save_graph_def = False  # pylint: disable=protected-access
-        _add_graph_once(hook, _masters_current_after_restore(hooks, hook))
+    for hooks in (list(spec.training_hooks), list(spec.training_chief_hooks)):
+      for previous, hook in zip([None] + hooks, hooks):
+        if isinstance(hook, tf.train.CheckpointSaverHook):
+          hook._save_graph_def = False  # pylint: disable=protected-access
+          _add_graph_once(hook, _masters_current_after_restore(previous,
+                                                               hook))
     return spec
 
   estimator._model_fn = model_fn_writing_the_graph_once  # pylint: disable=protected-access
   return estimator
 
 
-def _masters_current_after_restore(hooks, saver_hook):
+def _masters_current_after_restore(previous_hook, saver_hook):
   """A context manager factory ``masters_current(session)``: inside it, the
   checkpoint hook's save skips Mesh TF's copy of the slice variables into
-  the master variables (the ones saved) when Mesh TF's restore hook has
-  just copied the masters into the slices in this session, with no step
-  run since: the copy back would write the masters' own values (0.11 s
-  before step 1 of small/switch_8 on 1 device, 0.2 s on 2, as its own
-  pruned and optimized graph).  Only where every variable's slices have
-  the master's dtype (a bfloat16 slice would round the master); elsewhere,
-  or with other hooks than Mesh TF's, the copy runs."""
+  the master variables (the ones saved) when Mesh TF's restore hook, the
+  hook just before the checkpoint hook in the model function's list (Mesh
+  TF's ``[restore_hook, saver_hook, ...]``; a session's hooks start in list
+  order), has copied the masters into the slices in this session: no step
+  has run since (the caller saves in ``after_create_session``), so the copy
+  back would write the masters' own values (0.11 s before step 1 of
+  small/switch_8 on 1 device, 0.2 s on 2, as its own pruned and optimized
+  graph).  Only where every variable's slices have the master's dtype (a
+  bfloat16 slice would round the master); elsewhere, or in another
+  session, the copy runs."""
   # pylint: disable=protected-access
-  restores = [h for h in hooks if isinstance(h, mtf.MtfRestoreHook)]
   copies = [listener for listener in saver_hook._listeners
             if isinstance(listener, mtf.MtfCheckpointSaverListener)]
-  exact = len(restores) == 1 and len(copies) == 1 and all(
-      v.master_dtype == v.slice_dtype
-      for v in restores[0]._lowering.graph.all_variables)
-  restored_in = []
+  exact = (isinstance(previous_hook, mtf.MtfRestoreHook)
+           and len(copies) == 1 and all(
+               v.master_dtype == v.slice_dtype
+               for v in previous_hook._lowering.graph.all_variables))
+  restored_in = []   # the session the restore hook last copied in
+  skipping = []
   if exact:
-    copy_into_slices = restores[0].after_create_session
+    copy_into_slices = previous_hook.after_create_session
+    copy_into_masters = copies[0].before_save
 
     def after_create_session(session, coord):
       copy_into_slices(session, coord)
-      restored_in.append(session)
-    restores[0].after_create_session = after_create_session
+      restored_in[:] = [session]
+
+    def before_save(session, global_step_value):
+      if not skipping:
+        copy_into_masters(session, global_step_value)
+    previous_hook.after_create_session = after_create_session
+    copies[0].before_save = before_save
 
   @contextlib.contextmanager
   def masters_current(session):
-    if not (restored_in and restored_in[-1] is session):
-      yield
-      return
-    copies[0].before_save = lambda session, global_step_value: None
+    if restored_in and restored_in[0] is session:
+      skipping.append(session)
     try:
       yield
     finally:
-      del copies[0].before_save
+      del skipping[:]
   return masters_current
 
 
