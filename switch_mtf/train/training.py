@@ -360,8 +360,7 @@ def _masters_current_after_restore(previous_hook, saver_hook):
            and len(copies) == 1 and all(
                v.master_dtype == v.slice_dtype
                for v in previous_hook._lowering.graph.all_variables))
-  restored_in = []   # the session the restore hook last copied in
-  skipping = []
+  restored_in = []   # the restore hook's session, until masters_current ends
   if exact:
     copy_into_slices = previous_hook.after_create_session
     copy_into_masters = copies[0].before_save
@@ -371,19 +370,18 @@ def _masters_current_after_restore(previous_hook, saver_hook):
       restored_in[:] = [session]
 
     def before_save(session, global_step_value):
-      if not skipping:
+      if not (restored_in and restored_in[0] is session):
         copy_into_masters(session, global_step_value)
     previous_hook.after_create_session = after_create_session
     copies[0].before_save = before_save
 
   @contextlib.contextmanager
   def masters_current(session):
-    if restored_in and restored_in[0] is session:
-      skipping.append(session)
+    del session   # the restore hook's session is the one that counts
     try:
       yield
     finally:
-      del skipping[:]
+      del restored_in[:]   # any later save copies
   return masters_current
 
 
@@ -414,8 +412,8 @@ def _add_graph_once(hook, masters_current):
         args=(tf.get_default_graph(),), name="switch_mtf_graph_writer",
         daemon=True))
     writing[-1].start()
-    if not compat.saved_already(hook._checkpoint_dir, global_step):
-      with masters_current(session):   # no step has run in this session
+    with masters_current(session):   # no step has run in this session
+      if not compat.saved_already(hook._checkpoint_dir, global_step):
         hook._save(session, global_step)
     hook._timer.update_last_triggered_step(global_step)
 
