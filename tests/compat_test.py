@@ -62,6 +62,7 @@ def test_step_increment_waits_for_the_step_reads_of_the_updates():
   that the updates depend on (step-keyed random numbers, learning rate),
   and not for a read that itself runs after the increment."""
   import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.training import training_util  # pylint: disable=g-import-not-at-top
   from switch_mtf import compat  # pylint: disable=g-import-not-at-top
   graph = tf.Graph()
   with graph.as_default():
@@ -78,18 +79,24 @@ def test_step_increment_waits_for_the_step_reads_of_the_updates():
     with tf.control_dependencies([increment]):
       after = step.read_value()   # the new step: must stay after
     assert len(train_op.control_inputs) == 2   # one NoOp per device
-    assert compat.order_step_increment(graph) == 1
+    assert compat.order_step_increment(graph) == 2
     ancestors, frontier = set(), [compat.stable_global_step().op]
     while frontier:
       op = frontier.pop()
       ancestors.add(op.name)
       frontier.extend(t.op for t in op.inputs)
-    (waits_for,) = increment.op.control_inputs
-    assert waits_for.type == "ReadVariableOp" and waits_for.name in ancestors
+    # The updates' read, and the read the session hooks fetch (the summary
+    # hook picks its steps from it), made if the graph had none.
+    hooks_read = training_util._get_global_step_read(graph)  # pylint: disable=protected-access
+    waits_for = sorted(increment.op.control_inputs, key=lambda op: op.type)
+    assert [op.type for op in waits_for] == ["AddV2", "ReadVariableOp"]
+    assert waits_for[0] is hooks_read.op
+    assert waits_for[1].name in ancestors
     with tf.Session() as session:
       session.run(tf.global_variables_initializer())
-      _, new_step = session.run([train_op, after])
-    assert new_step == 1
+      for expected in range(3):
+        _, new_step, stale_step = session.run([train_op, after, hooks_read])
+        assert (new_step, stale_step) == (expected + 1, expected)
 
 
 def _lowered_switch_layer(monkeypatch, share):

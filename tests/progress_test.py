@@ -114,9 +114,11 @@ def test_summary_steps_fetch_what_every_step_fetches(monkeypatch, tmp_path):
     summaries = tf.train.SummarySaverHook(save_steps=10,
                                           output_dir=str(tmp_path),
                                           scaffold=scaffold)
+    # StepOrderHook as in training: the summary hook picks its steps from
+    # the step it fetches, read before the increment.
     with tf.train.MonitoredSession(
         session_creator=tf.train.ChiefSessionCreator(scaffold=scaffold),
-        hooks=[hook, summaries,
+        hooks=[training.StepOrderHook(), hook, summaries,
                tf.train.StopAtStepHook(last_step=25)]) as session:
       while not session.should_stop():
         session.run(train_op)

@@ -30,8 +30,9 @@ def stable_global_step():
 def order_step_increment(graph):
   """Makes the global-step increments of ``graph`` wait for every read of
   the step that the parameter updates depend on (see 3): the learning rate,
-  Adafactor's decay, the step-keyed random numbers.  Call before the graph
-  is finalized; returns the number of reads ordered."""
+  Adafactor's decay, the step-keyed random numbers; and for the read the
+  session hooks fetch.  Call before the graph is finalized; returns the
+  number of reads ordered."""
   import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
   step = tf.train.get_global_step(graph)
   if step is None:
@@ -74,6 +75,16 @@ def order_step_increment(graph):
       reads.append(op)
     frontier.extend(t.op for t in op.inputs)
     frontier.extend(op.control_inputs)
+  # The hooks' read (the Estimator's ``global_step/add``: the summary,
+  # checkpoint and stop-at-step hooks fetch it at every step) waits too, as
+  # TensorFlow's own ``_increment_global_step`` makes it: the summary hook
+  # picks its next steps from that value: with the increment free to run
+  # first, it wrote summaries at steps 100 and 200 instead of 101 and 201.
+  from tensorflow.python.training import training_util  # pylint: disable=g-import-not-at-top
+  with graph.as_default():
+    hooks_read = training_util._get_or_create_global_step_read(graph)  # pylint: disable=protected-access
+  if hooks_read is not None and hooks_read.op.name not in after:
+    reads.append(hooks_read.op)
   for op in increments:
     op._add_control_inputs(reads)  # pylint: disable=protected-access
   return len(reads)
