@@ -301,7 +301,7 @@ def _write(args, rows, hf, startup, evaluation):
       "%s step vs dense" % l for l in layouts] + [
           "Hugging Face tokens/s", "Hugging Face step vs dense",
           "ours / HF (cpu_1)",
-          "command to step 10 (cpu_1)"]
+          "command to step 10 (%s)" % layouts[0]]
   lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for name in args.models.split(","):
     cells = [name]
