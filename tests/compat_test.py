@@ -99,6 +99,27 @@ def test_step_increment_waits_for_the_step_reads_of_the_updates():
         assert (new_step, stale_step) == (expected + 1, expected)
 
 
+def test_step_increment_in_a_compiled_context_gets_no_outside_read():
+  """An increment inside an XLA (TPU) context takes outside ops only
+  through that context: the hooks' read, outside it, is not added as its
+  control input (nor made)."""
+  import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.ops import control_flow_ops  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.training import training_util  # pylint: disable=g-import-not-at-top
+  from switch_mtf import compat  # pylint: disable=g-import-not-at-top
+  graph = tf.Graph()
+  with graph.as_default():
+    step = tf.train.get_or_create_global_step()
+    context = control_flow_ops.XLAControlFlowContext()
+    context.Enter()
+    increment = step.assign_add(1)
+    context.Exit()
+    tf.group(increment)
+    assert compat.order_step_increment(graph) == 0
+    assert not increment.op.control_inputs
+    assert training_util._get_global_step_read(graph) is None  # pylint: disable=protected-access
+
+
 def _lowered_switch_layer(monkeypatch, share):
   """A Switch layer's outputs and gradients on 2 devices (jitter, expert
   dropout), with equal constants shared by the lowering (compat 18) or

@@ -32,11 +32,12 @@ Patches:
      could see either step.  ``order_step_increment()`` (called by our
      training hook before the graph is finalized) makes the increment wait
      for every read of the step that the parameter updates depend on, and
-     for the Estimator's read that the session hooks fetch (TensorFlow's
-     own ``_increment_global_step`` orders that one; unordered, the summary
-     hook, which picks its steps from it, wrote small/switch_8's summaries
-     at steps 1, 100, 200 instead of 1, 101, 201, and a test's at 1, 11, 20
-     or 1, 10, 19 by the machine's load);
+     for the Estimator's read that the session hooks fetch, as TensorFlow's
+     own ``_increment_global_step`` does (only where the increment is
+     outside control flow, not in a TPU loop).  Unordered, the summary
+     hook, which picks its steps from that read, wrote small/switch_8's
+     summaries at steps 1, 100, 200 instead of 1, 101, 201, and a test's at
+     1, 11, 20 or 1, 10, 19 by the machine's load.
      ``stable_global_step()`` is the one read the random ops share.  The
      train op is ``tf.group``, which puts the increment and the updates in
      different NoOps (one per device): the reads are found from the top of

@@ -75,19 +75,27 @@ def order_step_increment(graph):
       reads.append(op)
     frontier.extend(t.op for t in op.inputs)
     frontier.extend(op.control_inputs)
-  # The hooks' read (the Estimator's ``global_step/add``: the summary,
-  # checkpoint and stop-at-step hooks fetch it at every step) waits too, as
-  # TensorFlow's own ``_increment_global_step`` makes it: the summary hook
-  # picks its next steps from that value: with the increment free to run
-  # first, it wrote summaries at steps 100 and 200 instead of 101 and 201.
-  from tensorflow.python.training import training_util  # pylint: disable=g-import-not-at-top
-  with graph.as_default():
-    hooks_read = training_util._get_or_create_global_step_read(graph)  # pylint: disable=protected-access
-  if hooks_read is not None and hooks_read.op.name not in after:
-    reads.append(hooks_read.op)
   for op in increments:
     op._add_control_inputs(reads)  # pylint: disable=protected-access
-  return len(reads)
+  # The hooks' read (the Estimator's ``global_step/add``: the summary,
+  # checkpoint and stop-at-step hooks fetch it at every step) comes first
+  # too, as TensorFlow's own ``_increment_global_step`` orders it: the
+  # summary hook picks its next steps from that value, and with the
+  # increment free to run first it wrote summaries at steps 100 and 200
+  # instead of 101 and 201.  Only for increments outside control flow (a
+  # TPU loop or replicated computation takes outside ops only through its
+  # own context, never as a control input added later).
+  from tensorflow.python.training import training_util  # pylint: disable=g-import-not-at-top
+  at_top = [op for op in increments if op._get_control_flow_context() is None]  # pylint: disable=protected-access
+  if not at_top:
+    return len(reads)
+  with graph.as_default():
+    hooks_read = training_util._get_or_create_global_step_read(graph)  # pylint: disable=protected-access
+  if hooks_read is None or hooks_read.op.name in after:
+    return len(reads)
+  for op in at_top:
+    op._add_control_inputs([hooks_read.op])  # pylint: disable=protected-access
+  return len(reads) + 1
 
 
 def _descendants(ops, controlled_by):
