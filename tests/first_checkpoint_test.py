@@ -51,8 +51,7 @@ def test_first_checkpoint_without_the_copy_back_and_the_same(
   copied, values = _train(tmp_path / "skipping", monkeypatch)
   assert copied == [1]
   monkeypatch.setattr(training, "_masters_current_after_restore",
-                      lambda previous, hook: lambda session:
-                      contextlib.nullcontext())
+                      lambda previous, hook: contextlib.nullcontext)
   copied_always, values_always = _train(tmp_path / "copying", monkeypatch)
   assert copied_always == [0, 1]
   for step in (0, 1):
@@ -102,7 +101,7 @@ def test_the_copy_is_skipped_only_right_after_the_restore(
   masters_current = training._masters_current_after_restore(previous, saver)  # pylint: disable=protected-access
   session, other = object(), object()
   restore.after_create_session(session if same_session else other, None)
-  with masters_current(session):
+  with masters_current():
     listener.before_save(session, 0)
   listener.before_save(session, 1)   # later saves always copy
   assert listener.copies == ([1] if skipped else [0, 1])

@@ -341,7 +341,7 @@ def _graph_written_once(estimator):
 
 
 def _masters_current_after_restore(previous_hook, saver_hook):
-  """A context manager factory ``masters_current(session)``: inside it, the
+  """A context manager factory ``masters_current()``: inside it, the
   checkpoint hook's save skips Mesh TF's copy of the slice variables into
   the master variables (the ones saved) when Mesh TF's restore hook, the
   hook just before the checkpoint hook in the model function's list (Mesh
@@ -376,8 +376,7 @@ def _masters_current_after_restore(previous_hook, saver_hook):
     copies[0].before_save = before_save
 
   @contextlib.contextmanager
-  def masters_current(session):
-    del session   # the restore hook's session is the one that counts
+  def masters_current():
     try:
       yield
     finally:
@@ -412,7 +411,7 @@ def _add_graph_once(hook, masters_current):
         args=(tf.get_default_graph(),), name="switch_mtf_graph_writer",
         daemon=True))
     writing[-1].start()
-    with masters_current(session):   # no step has run in this session
+    with masters_current():   # no step has run in this session
       if not compat.saved_already(hook._checkpoint_dir, global_step):
         hook._save(session, global_step)
     hook._timer.update_last_triggered_step(global_step)
